@@ -1,0 +1,163 @@
+"""List-of-tensor primitives with one multi-tensor and one per-tensor path.
+
+Every transform in hamopt is written once against these helpers. With ``foreach=True`` they
+call the fused ``torch._foreach_*`` kernels (one launch for a whole list of tensors); with
+``foreach=False`` they loop over the tensors with the ordinary in-place methods. The two
+paths are tested to agree exactly in float64 (``tests/test_core.py``).
+
+Scalars may be Python numbers, a list of Python numbers (one per tensor) or 0-d tensors,
+so hyperparameters can be kept as tensors under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import torch
+from torch import Tensor
+
+Scalar = Union[float, int, Tensor]
+ScalarOrList = Union[Scalar, Sequence[Scalar]]
+
+__all__ = [
+    "add_",
+    "addcdiv_",
+    "addcmul_",
+    "clone",
+    "div_",
+    "lerp_",
+    "maximum_",
+    "mul_",
+    "neg",
+    "sign_",
+    "sqrt",
+    "zeros_like",
+]
+
+
+def _per(x: ScalarOrList, i: int) -> Scalar:
+    if isinstance(x, (list, tuple)):
+        return x[i]
+    return x  # type: ignore[return-value]
+
+
+def clone(xs: Sequence[Tensor]) -> list[Tensor]:
+    """Fresh copies (never aliases of the inputs)."""
+    return [x.clone(memory_format=torch.preserve_format) for x in xs]
+
+
+def zeros_like(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> list[Tensor]:
+    return [torch.zeros_like(x, dtype=dtype, memory_format=torch.preserve_format) for x in xs]
+
+
+def neg(xs: Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    if foreach:
+        return list(torch._foreach_neg(list(xs)))
+    return [torch.neg(x) for x in xs]
+
+
+def sqrt(xs: Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    if foreach:
+        return list(torch._foreach_sqrt(list(xs)))
+    return [torch.sqrt(x) for x in xs]
+
+
+def sign_(xs: list[Tensor], foreach: bool) -> list[Tensor]:
+    if foreach:
+        torch._foreach_sign_(xs)
+    else:
+        for x in xs:
+            x.sign_()
+    return xs
+
+
+def mul_(xs: list[Tensor], other: ScalarOrList | Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    """``x *= other`` where ``other`` is a scalar, a list of scalars or a list of tensors."""
+    if foreach:
+        torch._foreach_mul_(xs, other if not isinstance(other, tuple) else list(other))
+    else:
+        for i, x in enumerate(xs):
+            x.mul_(_per(other, i))
+    return xs
+
+
+def div_(xs: list[Tensor], other: ScalarOrList | Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    if foreach:
+        torch._foreach_div_(xs, other if not isinstance(other, tuple) else list(other))
+    else:
+        for i, x in enumerate(xs):
+            x.div_(_per(other, i))
+    return xs
+
+
+def add_(
+    xs: list[Tensor],
+    other: ScalarOrList | Sequence[Tensor],
+    foreach: bool,
+    alpha: float = 1.0,
+) -> list[Tensor]:
+    """``x += alpha * other`` (tensor list) or ``x += other`` (scalar or scalar list)."""
+    tensors = isinstance(other, (list, tuple)) and len(other) > 0 and isinstance(other[0], Tensor)
+    if foreach:
+        if tensors:
+            torch._foreach_add_(xs, list(other), alpha=alpha)  # type: ignore[arg-type]
+        else:
+            torch._foreach_add_(xs, other if not isinstance(other, tuple) else list(other))
+    else:
+        for i, x in enumerate(xs):
+            if tensors:
+                x.add_(other[i], alpha=alpha)  # type: ignore[index]
+            else:
+                x.add_(_per(other, i))
+    return xs
+
+
+def lerp_(xs: list[Tensor], ends: Sequence[Tensor], weight: float, foreach: bool) -> list[Tensor]:
+    """``x += weight * (end - x)``, i.e. an exponential moving average with ``1 - weight``."""
+    if foreach:
+        torch._foreach_lerp_(xs, list(ends), weight)
+    else:
+        for x, e in zip(xs, ends):
+            x.lerp_(e, weight)
+    return xs
+
+
+def addcmul_(
+    xs: list[Tensor], t1: Sequence[Tensor], t2: Sequence[Tensor], value: float, foreach: bool
+) -> list[Tensor]:
+    """``x += value * t1 * t2``."""
+    if foreach:
+        torch._foreach_addcmul_(xs, list(t1), list(t2), value=value)
+    else:
+        for x, a, b in zip(xs, t1, t2):
+            x.addcmul_(a, b, value=value)
+    return xs
+
+
+def addcdiv_(
+    xs: list[Tensor],
+    t1: Sequence[Tensor],
+    t2: Sequence[Tensor],
+    value: ScalarOrList,
+    foreach: bool,
+) -> list[Tensor]:
+    """``x += value * t1 / t2`` (``value`` a scalar or one scalar per tensor)."""
+    if foreach:
+        if isinstance(value, (list, tuple)):
+            torch._foreach_addcdiv_(xs, list(t1), list(t2), list(value))
+        else:
+            torch._foreach_addcdiv_(xs, list(t1), list(t2), value=value)
+    else:
+        for i, (x, a, b) in enumerate(zip(xs, t1, t2)):
+            x.addcdiv_(a, b, value=_per(value, i))
+    return xs
+
+
+def maximum_(xs: list[Tensor], others: Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    if foreach:
+        torch._foreach_maximum_(xs, list(others))
+    else:
+        for x, o in zip(xs, others):
+            torch.maximum(x, o, out=x)
+    return xs

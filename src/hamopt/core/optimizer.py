@@ -1,0 +1,187 @@
+"""The one Optimizer shell that runs a chain of transforms over each parameter group.
+
+:class:`ChainedOptimizer` is a ``torch.optim.Optimizer``. It owns everything that must behave
+the same in every optimizer (parameter groups, lazy state, ``state_dict``, closures, None
+and sparse gradients, ``maximize``, low-precision parameters, validation), so a named
+optimizer is only its defaults and its chain::
+
+    class MyAdamW(ChainedOptimizer):
+        def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+            super().__init__(
+                params,
+                dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+                chain(scale_by_adam(), add_decayed_weights(), scale_by_learning_rate()),
+            )
+
+Per step and per group, parameters with a gradient are bucketed by (device, dtype); each
+bucket runs the chain once on lists of tensors, so multi-tensor kernels see whole buckets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .transform import Chain, StepContext, Transform
+
+__all__ = ["ChainedOptimizer", "ParamsT"]
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _is_compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - torch < 2.3
+        return False
+
+
+class ChainedOptimizer(torch.optim.Optimizer):
+    """Run a :class:`~hamopt.core.transform.Transform` chain as a ``torch.optim.Optimizer``.
+
+    Args:
+        params: parameters or parameter groups, as for any torch optimizer.
+        defaults: the hyperparameters the chain reads (``lr``, ``betas``, ...).
+        transform: a transform or a sequence of transforms (chained in order).
+        maximize: ascend instead of descend (the gradient is negated, ``p.grad`` is not).
+        foreach: use multi-tensor kernels (default ``True``); ``False`` loops per tensor.
+            Both give identical results.
+        state_dtype: dtype of the optimizer state and of the update arithmetic. ``None``
+            (default) means float32 for bfloat16/float16 parameters and the parameter's
+            dtype otherwise.
+
+    ``maximize``, ``foreach`` and ``state_dtype`` are per-group settings like the others.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: Mapping[str, Any],
+        transform: Transform | Sequence[Transform],
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        if not isinstance(transform, Transform):
+            transform = Chain(*transform)
+        self.transform: Transform = transform
+        full = dict(defaults)
+        full.update(maximize=maximize, foreach=foreach, state_dtype=state_dtype)
+        self._validate_group(full)
+        super().__init__(params, full)
+
+    # ------------------------------------------------------------------ groups and checks
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        sd = group.get("state_dtype")
+        if sd is not None and not (isinstance(sd, torch.dtype) and sd.is_floating_point):
+            raise ValueError(f"Invalid state_dtype: {sd!r} (expected a floating torch.dtype or None)")
+        self.transform.validate(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**getattr(self, "defaults", {}), **param_group}
+        merged.pop("params", None)
+        self._validate_group(merged)
+        super().add_param_group(param_group)
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse and not self.transform.supports_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients "
+                    f"(parameter of shape {tuple(p.shape)}); use a dense gradient"
+                )
+            buckets.setdefault((p.device, p.dtype), []).append(p)
+        for params in buckets.values():
+            self._step_bucket(group, params)
+
+    def _compute_dtype(self, group: Mapping[str, Any], dtype: torch.dtype) -> torch.dtype:
+        sd = group.get("state_dtype")
+        if sd is not None:
+            return sd
+        return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+    def _step_bucket(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        foreach = group.get("foreach")
+        foreach = True if foreach is None else bool(foreach)
+        cdtype = self._compute_dtype(group, params[0].dtype)
+        cast = cdtype != params[0].dtype
+        grads = [p.grad for p in params]
+        if cast:
+            cparams = [p.detach().to(cdtype) for p in params]
+            cgrads = [g.to(cdtype) for g in grads]  # type: ignore[union-attr]
+        else:
+            cparams = [p.detach() for p in params]
+            cgrads = list(grads)  # type: ignore[arg-type]
+        if group.get("maximize", False):
+            cgrads = ops.neg(cgrads, foreach)
+
+        states = []
+        for p, cp in zip(params, cparams):
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                self.transform.init(cp, state, group)
+            states.append(state)
+        step_tensors = [s["step"] for s in states]
+        ops.add_(step_tensors, 1.0, foreach=False)
+        steps: list[Any] = step_tensors if _is_compiling() else [float(t.item()) for t in step_tensors]
+
+        ctx = StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps, foreach=foreach)
+        updates = self.transform.update(ctx, cgrads)
+        if cast:
+            ops.add_(cparams, updates, foreach)
+            for p, cp in zip(params, cparams):
+                p.copy_(cp)
+        else:
+            ops.add_(cparams, updates, foreach)
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint; state tensors keep their saved dtype (float32 state of a bf16
+        parameter stays float32) and move to the parameter's device."""
+        saved = state_dict["state"]
+        saved_groups = state_dict["param_groups"]
+        super().load_state_dict(state_dict)
+        ids = [pid for g in saved_groups for pid in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params):
+            if pid not in saved:
+                continue
+            st = self.state[p]
+            for k, v in saved[pid].items():
+                if isinstance(v, Tensor) and k != "step" and v.dtype != st[k].dtype:
+                    st[k] = v.to(device=p.device, copy=True)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("state_dtype", None)

@@ -1,0 +1,217 @@
+"""Gradient transforms: the unit every hamopt optimizer is built from.
+
+A transform is one idea of a paper (Adam's moments, a factored second moment, an SVD
+rotation, a cautious mask, decoupled weight decay, the learning rate). It maps a list of
+*updates* (initially the gradients) to a new list of updates, and may keep per-parameter
+state. Transforms are composed with :func:`chain` and run by
+:class:`hamopt.core.optimizer.ChainedOptimizer`, which adds the final updates to the
+parameters. The design follows optax's ``GradientTransformation`` (``init``/``update``),
+adapted to PyTorch's mutable per-parameter state dicts and multi-tensor kernels.
+
+Conventions
+-----------
+* **Updates are added.** A chain ends with :func:`hamopt.transforms.scale_by_learning_rate`,
+  which multiplies by ``-lr``; the optimizer then does ``p += update``.
+* **Hyperparameters live in the parameter group.** A transform reads ``ctx.group["betas"]``
+  and so on at every step, so per-group values and LR schedulers work. It names the keys it
+  reads in :attr:`Transform.hyperparams` and checks them in :meth:`Transform.validate`.
+* **State lives in ``optimizer.state[p]``** under the keys named in
+  :attr:`Transform.state_keys` (checked for clashes by :func:`chain`), created lazily by
+  :meth:`Transform.init` the first time ``p`` has a gradient. All state tensors of a
+  parameter share one dtype (float32 for low-precision parameters by default).
+* **Ownership.** ``updates`` may alias the raw gradients or the state; call
+  ``ctx.writable(updates)`` before modifying them in place, and ``ctx.fresh(new)`` when
+  returning tensors you allocated yourself, so later transforms may reuse them.
+* **Lists, not tensors.** ``ctx.foreach`` selects the multi-tensor path; write the
+  arithmetic once with :mod:`hamopt.core.ops`, which dispatches to ``torch._foreach_*``
+  or to a per-tensor loop (the two agree exactly; a test checks it).
+* **Shapes.** Transforms receive parameters of any shape, including 0-d and zero-size
+  tensors. Shape-dependent transforms (factored statistics, rotations) pick their rule per
+  tensor and document the fallback for tensors that are not matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+__all__ = ["Chain", "StepContext", "Transform", "chain"]
+
+
+@dataclass
+class StepContext:
+    """What a transform sees during one step, for one bucket of same-device, same-dtype params.
+
+    Attributes:
+        group: the parameter group (hyperparameters, read-only by convention).
+        params: the parameters, in the compute dtype (float32 copies of low-precision params;
+            the optimizer writes them back). Read them, do not modify them.
+        grads: the gradients in the compute dtype (negated when ``maximize``). Read-only.
+        states: one state dict per parameter (``optimizer.state[p]``).
+        steps: the step count of each parameter after this step's increment, as Python
+            floats (or 0-d tensors while compiling). A parameter that was frozen for a while
+            has a smaller count than its neighbours.
+        foreach: whether to use the multi-tensor kernels.
+    """
+
+    group: Mapping[str, Any]
+    params: list[Tensor]
+    grads: list[Tensor]
+    states: list[MutableMapping[str, Any]]
+    steps: list[Any]
+    foreach: bool
+    _owned: list[Tensor] | None = field(default=None, repr=False)
+    # Per-step scratch shared by the transforms of one chain (e.g. a rotation basis).
+    scratch: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def state(self, key: str) -> list[Any]:
+        """``[state[key] for each parameter]``."""
+        return [s[key] for s in self.states]
+
+    def fresh(self, updates: list[Tensor]) -> list[Tensor]:
+        """Mark ``updates`` as tensors the chain owns (may be modified in place later)."""
+        self._owned = updates
+        return updates
+
+    def writable(self, updates: list[Tensor]) -> list[Tensor]:
+        """``updates`` if the chain owns them, else fresh copies that it owns."""
+        if updates is self._owned:
+            return updates
+        return self.fresh(ops.clone(updates))
+
+    def sub(self, indices: Sequence[int]) -> StepContext:
+        """A context restricted to the parameters at ``indices`` (for per-shape sub-chains)."""
+        return StepContext(
+            group=self.group,
+            params=[self.params[i] for i in indices],
+            grads=[self.grads[i] for i in indices],
+            states=[self.states[i] for i in indices],
+            steps=[self.steps[i] for i in indices],
+            foreach=self.foreach,
+            scratch=self.scratch,
+        )
+
+
+class Transform:
+    """Base class of a gradient transform. Subclasses override what they need.
+
+    Class attributes:
+        state_keys: names of the per-parameter state entries this transform creates.
+        hyperparams: names of the parameter-group entries it reads.
+        supports_sparse: whether it accepts sparse gradients (none of ours do yet).
+        supports_compile: whether its ``update`` traces under ``torch.compile``.
+    """
+
+    state_keys: tuple[str, ...] = ()
+    hyperparams: tuple[str, ...] = ()
+    supports_sparse: bool = False
+    supports_compile: bool = True
+    needs_grad_graph: bool = False
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming the argument and value if ``group`` is invalid."""
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        """Create this transform's state for ``param`` (a tensor in the state dtype)."""
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        """Return the transformed updates."""
+        return updates
+
+    def children(self) -> Sequence[Transform]:
+        """Inner transforms (for chains and wrappers)."""
+        return ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Chain(Transform):
+    """Run transforms one after the other: ``chain(a, b, c)(g) = c(b(a(g)))``."""
+
+    def __init__(self, *transforms: Transform) -> None:
+        flat: list[Transform] = []
+        for t in transforms:
+            if isinstance(t, Chain):
+                flat.extend(t.transforms)
+            elif isinstance(t, Transform):
+                flat.append(t)
+            else:
+                raise TypeError(f"chain() takes Transform objects, got {type(t).__name__}: {t!r}")
+        self.transforms: tuple[Transform, ...] = tuple(flat)
+        seen: dict[str, Transform] = {}
+        for t in _walk(self.transforms):
+            for k in t.state_keys:
+                if k in seen and seen[k] is not t:
+                    raise ValueError(
+                        f"State key {k!r} is used by both {seen[k]!r} and {t!r}; "
+                        "give one of them another name"
+                    )
+                seen[k] = t
+        self.state_keys = tuple(seen)
+        self.hyperparams = tuple(dict.fromkeys(h for t in _walk(self.transforms) for h in t.hyperparams))
+        self.supports_sparse = all(t.supports_sparse for t in self.transforms)
+        self.supports_compile = all(t.supports_compile for t in self.transforms)
+        self.needs_grad_graph = any(t.needs_grad_graph for t in self.transforms)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        for t in self.transforms:
+            t.validate(group)
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        for t in self.transforms:
+            t.init(param, state, group)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        for t in self.transforms:
+            updates = t.update(ctx, updates)
+        return updates
+
+    def children(self) -> Sequence[Transform]:
+        return self.transforms
+
+    def __repr__(self) -> str:
+        return "chain(" + ", ".join(map(repr, self.transforms)) + ")"
+
+
+def _walk(ts: Iterable[Transform]) -> Iterable[Transform]:
+    for t in ts:
+        yield t
+        yield from _walk(t.children())
+
+
+def chain(*transforms: Transform) -> Chain:
+    """Compose transforms left to right (optax's ``chain``)."""
+    return Chain(*transforms)
+
+
+def bias_correction(beta: float, steps: Sequence[Any]) -> list[Any]:
+    """``1 - beta**t`` for each parameter's step count ``t`` (floats or 0-d tensors)."""
+    return [1.0 - beta**t for t in steps]
+
+
+def is_matrix_like(x: Tensor) -> bool:
+    """True for tensors a factored rule treats as matrices (2 or more dims)."""
+    return x.dim() >= 2
+
+
+def as_matrix(x: Tensor) -> Tensor:
+    """View a tensor with 2+ dims as ``dim0 x prod(rest)`` (a conv kernel as out x in*kh*kw)."""
+    return x.reshape(x.shape[0], -1) if x.dim() != 2 else x
+
+
+def state_like(param: Tensor, group: Mapping[str, Any], shape: Sequence[int] | None = None) -> Tensor:
+    """A zero tensor for optimizer state, on ``param``'s device in ``param``'s dtype.
+
+    ``param`` is already in the state dtype (the optimizer passes a compute-dtype view), so
+    state for bf16 parameters is float32 unless the user asked otherwise.
+    """
+    if shape is None:
+        return torch.zeros_like(param, memory_format=torch.preserve_format)
+    return torch.zeros(tuple(shape), dtype=param.dtype, device=param.device)

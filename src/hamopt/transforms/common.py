@@ -1,0 +1,203 @@
+"""Transforms shared by every family: Adam's moments, sign, RMS clipping, weight decay, lr.
+
+Naming follows optax: ``scale_by_<idea>`` changes the direction, ``add_decayed_weights``
+adds ``weight_decay * param``, and ``scale_by_learning_rate`` comes last and multiplies by
+``-lr``. A whole AdamW is therefore::
+
+    chain(scale_by_adam(), add_decayed_weights(), scale_by_learning_rate())
+
+which computes ``p <- p - lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p)`` (Loshchilov
+and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019; Kingma and Ba, "Adam",
+ICLR 2015), equal to ``torch.optim.AdamW`` (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core import ops
+from ..core import validation as V
+from ..core.transform import StepContext, Transform, bias_correction, state_like
+
+__all__ = [
+    "AddDecayedWeights",
+    "ClipByRms",
+    "ScaleByAdam",
+    "ScaleByLearningRate",
+    "ScaleBySign",
+    "add_decayed_weights",
+    "clip_by_rms",
+    "rms_clip_",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_sign",
+]
+
+
+class ScaleByAdam(Transform):
+    """Adam's bias-corrected moment ratio (Kingma and Ba 2015, Algorithm 1).
+
+    Reads ``betas = (b1, b2)`` and ``eps`` from the group. State ``exp_avg``, ``exp_avg_sq``
+    (and ``max_exp_avg_sq`` with ``amsgrad=True``, Reddi et al. 2018)::
+
+        m = b1 m + (1 - b1) g
+        v = b2 v + (1 - b2) g^2                   (amsgrad: vmax = max(vmax, v), use vmax)
+        u = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+
+    hyperparams = ("betas", "eps")
+
+    def __init__(self, amsgrad: bool = False) -> None:
+        self.amsgrad = amsgrad
+        self.state_keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        V.check_betas(group["betas"], 2)
+        V.check_eps(group["eps"])
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        for k in self.state_keys:
+            state[k] = state_like(param, group)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        b1, b2 = ctx.group["betas"]
+        eps = ctx.group["eps"]
+        m, v = ctx.state("exp_avg"), ctx.state("exp_avg_sq")
+        ops.lerp_(m, updates, 1.0 - b1, ctx.foreach)
+        ops.mul_(v, b2, ctx.foreach)
+        ops.addcmul_(v, updates, updates, 1.0 - b2, ctx.foreach)
+        if self.amsgrad:
+            vmax = ctx.state("max_exp_avg_sq")
+            ops.maximum_(vmax, v, ctx.foreach)
+            v = vmax
+        bc1 = bias_correction(b1, ctx.steps)
+        bc2_sqrt = [math.sqrt(b) if not isinstance(b, Tensor) else b.sqrt() for b in bias_correction(b2, ctx.steps)]
+        denom = ops.sqrt(v, ctx.foreach)
+        ops.div_(denom, bc2_sqrt, ctx.foreach)
+        ops.add_(denom, eps, ctx.foreach)
+        out = ops.clone(m)
+        ops.div_(out, bc1, ctx.foreach)
+        ops.div_(out, denom, ctx.foreach)
+        return ctx.fresh(out)
+
+    def __repr__(self) -> str:
+        return f"scale_by_adam(amsgrad={self.amsgrad})"
+
+
+class ScaleBySign(Transform):
+    """``u -> sign(u)`` (signSGD, Bernstein et al. 2018; the Lion reshaper)."""
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        return ops.sign_(ctx.writable(updates), ctx.foreach)
+
+    def __repr__(self) -> str:
+        return "scale_by_sign()"
+
+
+def rms_clip_(xs: list[Tensor], threshold: float, foreach: bool) -> list[Tensor]:
+    """In place ``x <- x / max(1, RMS(x) / threshold)`` per tensor (Adafactor's update
+    clipping, Shazeer and Stern 2018, section 6). Zero-size tensors are left alone."""
+    if not xs:
+        return xs
+    norms = torch._foreach_norm(xs) if foreach else [torch.linalg.vector_norm(x) for x in xs]
+    denoms = [
+        torch.clamp_min(n / (math.sqrt(max(x.numel(), 1)) * threshold), 1.0).to(x.dtype)
+        for n, x in zip(norms, xs)
+    ]
+    return ops.div_(xs, denoms, foreach)
+
+
+class ClipByRms(Transform):
+    """Update clipping ``clip_d(U) = U / max(1, RMS(U) / d)`` with ``d = clip_threshold``.
+
+    Reads ``clip_threshold`` from the group (``None`` disables clipping).
+    """
+
+    hyperparams = ("clip_threshold",)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        d = group["clip_threshold"]
+        if d is not None:
+            V.check_positive("clip_threshold", d)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        d = ctx.group["clip_threshold"]
+        if d is None:
+            return updates
+        return rms_clip_(ctx.writable(updates), d, ctx.foreach)
+
+    def __repr__(self) -> str:
+        return "clip_by_rms()"
+
+
+class AddDecayedWeights(Transform):
+    """``u -> u + weight_decay * param`` (decoupled weight decay when it precedes the lr).
+
+    Uses the parameter *before* this step's update, as the seeds write their algorithms.
+    Reads ``weight_decay``; with ``weight_decay == 0`` it does no work.
+    """
+
+    hyperparams = ("weight_decay",)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        V.check_weight_decay(group["weight_decay"])
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        wd = ctx.group["weight_decay"]
+        if not isinstance(wd, Tensor) and wd == 0:
+            return updates
+        out = ctx.writable(updates)
+        if isinstance(wd, Tensor):
+            ops.add_(out, [p * wd for p in ctx.params], ctx.foreach)
+        else:
+            ops.add_(out, ctx.params, ctx.foreach, alpha=wd)
+        return out
+
+    def __repr__(self) -> str:
+        return "add_decayed_weights()"
+
+
+class ScaleByLearningRate(Transform):
+    """``u -> -lr * u`` (reads ``lr``, a float or a 0-d tensor). Put it last in a chain."""
+
+    hyperparams = ("lr",)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        V.check_lr(group["lr"])
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        return ops.mul_(ctx.writable(updates), -ctx.group["lr"], ctx.foreach)
+
+    def __repr__(self) -> str:
+        return "scale_by_learning_rate()"
+
+
+def scale_by_adam(amsgrad: bool = False) -> ScaleByAdam:
+    """See :class:`ScaleByAdam`."""
+    return ScaleByAdam(amsgrad=amsgrad)
+
+
+def scale_by_sign() -> ScaleBySign:
+    """See :class:`ScaleBySign`."""
+    return ScaleBySign()
+
+
+def clip_by_rms() -> ClipByRms:
+    """See :class:`ClipByRms`."""
+    return ClipByRms()
+
+
+def add_decayed_weights() -> AddDecayedWeights:
+    """See :class:`AddDecayedWeights`."""
+    return AddDecayedWeights()
+
+
+def scale_by_learning_rate() -> ScaleByLearningRate:
+    """See :class:`ScaleByLearningRate`."""
+    return ScaleByLearningRate()
+

@@ -1,0 +1,3 @@
+"""Placeholder: filled in by its family issue."""
+
+__all__: list[str] = []
