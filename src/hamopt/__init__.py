@@ -16,7 +16,7 @@ optimizers (:mod:`hamopt.optim`, one module per paper family), the registry
 from . import transforms
 from .core import Chain, ChainedOptimizer, StepContext, Transform, chain
 from .memory import expected_state_bytes, state_bytes
-from .optim import *  # noqa: F401,F403
+from .optim import *  # noqa: F403
 from .optim import __all__ as _optim_all
 from .registry import OptimizerInfo, create, get, list_optimizers, register
 

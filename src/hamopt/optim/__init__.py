@@ -10,11 +10,11 @@
 """
 
 from . import adadiag, ams, classic, hfac, lecture, lionk
-from .adadiag import *  # noqa: F401,F403
-from .ams import *  # noqa: F401,F403
-from .hfac import *  # noqa: F401,F403
-from .lecture import *  # noqa: F401,F403
-from .lionk import *  # noqa: F401,F403
+from .adadiag import *  # noqa: F403
+from .ams import *  # noqa: F403
+from .hfac import *  # noqa: F403
+from .lecture import *  # noqa: F403
+from .lionk import *  # noqa: F403
 
 __all__ = [n for m in (adadiag, ams, hfac, lecture, lionk) for n in m.__all__]
 _ = classic

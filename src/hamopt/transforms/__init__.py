@@ -6,12 +6,12 @@ Generic ones live in :mod:`.common`; each paper family adds its own module. See
 
 from ..core.transform import Chain, StepContext, Transform, chain
 from . import adadiag, ams, common, factored, lecture, lionk
-from .adadiag import *  # noqa: F401,F403
-from .ams import *  # noqa: F401,F403
-from .common import *  # noqa: F401,F403
-from .factored import *  # noqa: F401,F403
-from .lecture import *  # noqa: F401,F403
-from .lionk import *  # noqa: F401,F403
+from .adadiag import *  # noqa: F403
+from .ams import *  # noqa: F403
+from .common import *  # noqa: F403
+from .factored import *  # noqa: F403
+from .lecture import *  # noqa: F403
+from .lionk import *  # noqa: F403
 
 __all__ = ["Chain", "StepContext", "Transform", "chain"] + [
     n for m in (adadiag, ams, common, factored, lecture, lionk) for n in m.__all__

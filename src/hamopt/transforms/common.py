@@ -28,12 +28,14 @@ __all__ = [
     "AddDecayedWeights",
     "ClipByRms",
     "ScaleByAdam",
+    "ScaleByEma",
     "ScaleByLearningRate",
     "ScaleBySign",
     "add_decayed_weights",
     "clip_by_rms",
     "rms_clip_",
     "scale_by_adam",
+    "scale_by_ema",
     "scale_by_learning_rate",
     "scale_by_sign",
 ]
@@ -87,6 +89,71 @@ class ScaleByAdam(Transform):
 
     def __repr__(self) -> str:
         return f"scale_by_adam(amsgrad={self.amsgrad})"
+
+
+def corrected_decay(beta: float, t: Any) -> Any:
+    """Bias-corrected decay ``beta_t = beta (1 - beta^(t-1)) / (1 - beta^t)`` (seed 000, 4.1).
+
+    An EMA ``x_t = beta_t x + (1 - beta_t) y`` started at zero is then unbiased without a
+    separate correction (``beta_1 = 0``, so ``x_1 = y_1``). ``beta = 0`` gives 0.
+    """
+    if beta == 0:
+        return 0.0
+    return beta * (1.0 - beta ** (t - 1)) / (1.0 - beta**t)
+
+
+class ScaleByEma(Transform):
+    """Momentum as an exponential moving average of the incoming updates.
+
+    ``buf = b_t buf + (1 - b_t) u;  u <- buf`` with ``b = group[hp][index]`` (or
+    ``group[hp]`` when ``index`` is None) and ``b_t`` the bias-corrected decay of seed 000
+    (``corrected=True``) or the constant ``b`` (``corrected=False``). With ``b = 0`` it is
+    the identity and keeps no buffer (e.g. Adafactor without momentum).
+
+    Args:
+        key: the state key of the buffer (``"exp_avg"`` by default).
+        hp: the group key holding the decay (``"betas"`` by default).
+        index: position of the decay inside ``group[hp]`` (``None`` for a scalar ``hp``).
+        corrected: use the bias-corrected decay.
+    """
+
+    def __init__(self, key: str = "exp_avg", hp: str = "betas", index: int | None = 0,
+                 corrected: bool = True) -> None:
+        self.key, self.hp, self.index, self.corrected = key, hp, index, corrected
+        self.state_keys = (key,)
+        self.hyperparams = (hp,)
+
+    def _beta(self, group: Mapping[str, Any]) -> float:
+        v = group[self.hp]
+        return v if self.index is None else v[self.index]
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        b = self._beta(group)
+        name = self.hp if self.index is None else f"{self.hp}[{self.index}]"
+        V.check_range(name, b, 0.0, 1.0, high_open=True)
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        if self._beta(group) != 0:
+            state[self.key] = state_like(param, group)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        b = self._beta(ctx.group)
+        if b == 0:
+            return updates
+        for s, p in zip(ctx.states, ctx.params):
+            if self.key not in s:  # momentum switched on after the first step
+                s[self.key] = state_like(p, ctx.group)
+        bufs = ctx.state(self.key)
+        if self.corrected:
+            weights = [1.0 - corrected_decay(b, t) for t in ctx.steps]
+            for buf, u, w in zip(bufs, updates, weights):
+                buf.lerp_(u, w)
+        else:
+            ops.lerp_(bufs, updates, 1.0 - b, ctx.foreach)
+        return bufs  # borrowed: later transforms must copy before writing
+
+    def __repr__(self) -> str:
+        return f"scale_by_ema(key={self.key!r}, hp={self.hp!r}, index={self.index}, corrected={self.corrected})"
 
 
 class ScaleBySign(Transform):
@@ -180,6 +247,12 @@ class ScaleByLearningRate(Transform):
 def scale_by_adam(amsgrad: bool = False) -> ScaleByAdam:
     """See :class:`ScaleByAdam`."""
     return ScaleByAdam(amsgrad=amsgrad)
+
+
+def scale_by_ema(key: str = "exp_avg", hp: str = "betas", index: int | None = 0,
+                 corrected: bool = True) -> ScaleByEma:
+    """See :class:`ScaleByEma`."""
+    return ScaleByEma(key=key, hp=hp, index=index, corrected=corrected)
 
 
 def scale_by_sign() -> ScaleBySign:
