@@ -12,13 +12,12 @@ so hyperparameters can be kept as tensors under ``torch.compile``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import Tensor
 
-Scalar = Union[float, int, Tensor]
-ScalarOrList = Union[Scalar, Sequence[Scalar]]
+Scalar = float | int | Tensor
+ScalarOrList = Scalar | Sequence[Scalar]
 
 __all__ = [
     "add_",
