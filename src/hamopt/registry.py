@@ -48,7 +48,8 @@ class OptimizerInfo:
             in numbers of the state dtype, not counting per-parameter scalar counters.
         state_numel: the same as a function of any parameter shape (vectors, 0-d and 4-D
             tensors included, fallbacks included), used by ``hamopt.expected_state_bytes``.
-        scalar_bytes: bytes of per-parameter scalar state (a float32 ``step`` is 4).
+        scalar_bytes: bytes of per-parameter scalar state (a float32 ``step`` is 4), or a
+            function of the shape when it depends on it.
         summary: one line saying what it is.
         factored, sign_based, needs_svd, needs_hessian: properties for listings and filters.
         supports_compile: whether ``torch.compile(opt.step)`` is expected to equal eager.
@@ -67,7 +68,7 @@ class OptimizerInfo:
     memory: str
     state_numel: Callable[[Shape], int]
     summary: str = ""
-    scalar_bytes: int = 4
+    scalar_bytes: int | Callable[[Shape], int] = 4
     factored: bool = False
     sign_based: bool = False
     needs_svd: bool = False
@@ -84,7 +85,9 @@ class OptimizerInfo:
 
     def state_bytes_for(self, shape: Sequence[int], itemsize: int = 4) -> int:
         """Predicted state bytes for one parameter of ``shape`` (state dtype ``itemsize``)."""
-        return int(self.state_numel(tuple(shape))) * itemsize + self.scalar_bytes
+        shape = tuple(shape)
+        scalars = self.scalar_bytes(shape) if callable(self.scalar_bytes) else self.scalar_bytes
+        return int(self.state_numel(shape)) * itemsize + int(scalars)
 
     @property
     def flags(self) -> list[str]:
