@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -64,7 +65,8 @@ def fill_grads(params: Sequence[Tensor], graph: bool, seed: int = 0,
         offsets = [torch.randn(p.shape, generator=gen).to(device=p.device, dtype=p.dtype) for p in params]
     for p in params:
         p.grad = None
-    with torch.enable_grad():
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
         loss = sum((0.5 * (p * p).sum() + (p * b).sum() for p, b in zip(params, offsets)), torch.zeros(()))
         loss.backward(create_graph=True)
     return list(offsets)
