@@ -1,3 +1,494 @@
-"""Placeholder: filled in by its family issue."""
+"""Factored moment transforms of the H-Fac paper (seed 000, ALGORITHMS.md section 1).
 
-__all__: list[str] = []
+Nguyen et al., "H-Fac: Memory-Efficient Optimization with Factorized Hamiltonian Descent"
+(arXiv:2406.09958). A matrix ``G`` of shape ``m x n`` (tensors with more than two dims are
+viewed as ``dim0 x prod(rest)`` by :func:`~hamopt.core.transform.as_matrix`) keeps rank-1
+statistics instead of full ones:
+
+* :func:`scale_by_factored_rms`: Adafactor's factored second moment (row sums ``r`` and
+  column sums ``s`` of ``G^2 + eps``, reconstruction ``V = r s^T / 1^T r``), returning
+  ``updates / sqrt(V)``;
+* :func:`factored_momentum`: the factored first moment (row means ``u`` and column means
+  ``v`` of ``G``) with the paper's "corrected terms" ``u - G 1_n / n``; it records the terms
+  for a reshaper later in the same chain;
+* the reshapers: :func:`scale_by_factored_phi_psi` (``grad phi(a 1^T + G) + grad psi(1 b^T + G)``,
+  :func:`scale_by_factored_sign` for ``phi = psi = ||.||_1``, Algorithms 2 and 4) and
+  :func:`add_normalized_factored_momentum` (H-Fac's ``0.5 (phi + psi)``, Algorithm 3);
+* :func:`scale_by_rms`: an unfactored second moment, ``updates / (sqrt(V) + eps)``, for the
+  AdamW variant of Appendix C (Algorithm 6).
+
+Tensors with fewer than two dims, and every parameter of a group with ``factored=False``
+(the paper's "fullhead"), use the *unfactored rule of the same family*: the rank-1
+reconstructions ``u 1_n^T`` and ``1_m v^T`` are both replaced by one full momentum ``M``, and
+``r 1_n^T / n``, ``1_m s^T / m`` and ``V`` by one full second moment ``v`` (Adam-style
+moments). Whether a parameter is factored is decided once, when its state is created.
+
+All statistics come from ``ctx.grads`` (not from the incoming ``updates``), so these
+transforms can follow a momentum transform and a rotation wrapper can hand them rotated
+gradients through a sub-context. Every reduction over the entries of a matrix goes through
+:func:`row_col_sums` (and :func:`vector_sums` for the sum of a row statistic), the places
+an FSDP2 version will all-reduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core import ops
+from ..core import validation as V
+from ..core.transform import StepContext, Transform, as_matrix, is_matrix_like, state_like
+from .common import corrected_decay
+
+__all__ = [
+    "AddNormalizedFactoredMomentum",
+    "FactoredMomentum",
+    "ScaleByFactoredPhiPsi",
+    "ScaleByFactoredRms",
+    "ScaleByRms",
+    "add_normalized_factored_momentum",
+    "factored_momentum",
+    "is_factored",
+    "row_col_sums",
+    "scale_by_factored_phi_psi",
+    "scale_by_factored_rms",
+    "scale_by_factored_sign",
+    "scale_by_rms",
+    "vector_sums",
+]
+
+#: ``ctx.scratch`` key under which :class:`FactoredMomentum` leaves its terms for a reshaper.
+MOMENTUM_TERMS = "factored_momentum_terms"
+
+
+# ---------------------------------------------------------------------------- helpers
+def is_factored(param: Tensor, group: Mapping[str, Any]) -> bool:
+    """Whether the factored rule applies: 2+ dims and the group does not say ``factored=False``."""
+    return is_matrix_like(param) and bool(group.get("factored", True))
+
+
+def _check_factored(group: Mapping[str, Any]) -> None:
+    f = group.get("factored", True)
+    if not isinstance(f, bool):
+        raise ValueError(f"Invalid factored: {f!r} (expected True or False)")
+
+
+def row_col_sums(mats: Sequence[Tensor], square: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+    """Row sums ``X 1_n`` and column sums ``X^T 1_m`` of each ``m x n`` matrix (of ``X^2``
+    with ``square=True``), as fresh tensors of shapes ``(m,)`` and ``(n,)``.
+
+    The one place the factored transforms reduce over matrix entries (zero-size matrices
+    give zero sums).
+    """
+    rows: list[Tensor] = []
+    cols: list[Tensor] = []
+    for x in mats:
+        y = x * x if square else x
+        rows.append(y.sum(dim=1))
+        cols.append(y.sum(dim=0))
+    return rows, cols
+
+
+def vector_sums(vs: Sequence[Tensor]) -> list[Tensor]:
+    """``1^T r`` for each vector ``r`` (0-d tensors)."""
+    return [v.sum() for v in vs]
+
+
+def _decays(beta: Any, steps: Sequence[Any], corrected: bool) -> list[Any]:
+    """Per-parameter decay: the bias-corrected ``beta_t`` or the constant ``beta``."""
+    if corrected:
+        return [corrected_decay(beta, t) for t in steps]
+    return [beta for _ in steps]
+
+
+def _ema_(bufs: list[Tensor], news: Sequence[Tensor], decays: Sequence[Any], foreach: bool) -> None:
+    """``buf = d buf + (1 - d) new`` with one decay ``d`` per tensor."""
+    if not bufs:
+        return
+    weights = [1.0 - d for d in decays]
+    if foreach and not any(isinstance(w, Tensor) for w in weights):
+        torch._foreach_lerp_(bufs, list(news), weights)
+    else:
+        for b, x, w in zip(bufs, news, weights):
+            b.lerp_(x, w.to(b.dtype) if isinstance(w, Tensor) else w)
+
+
+def _binary(xs: Sequence[Tensor], ys: Sequence[Tensor], op: str, foreach: bool) -> list[Tensor]:
+    """Fresh ``x <op> y`` per pair, with broadcasting (``op`` in add, mul, div)."""
+    if not xs:
+        return []
+    if foreach:
+        return list(getattr(torch, f"_foreach_{op}")(list(xs), list(ys)))
+    return [getattr(torch, op)(x, y) for x, y in zip(xs, ys)]
+
+
+def _rsqrt(xs: Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    if not xs:
+        return []
+    if foreach:
+        return list(torch._foreach_rsqrt(list(xs)))
+    return [torch.rsqrt(x) for x in xs]
+
+
+def _split(ctx: StepContext, key: str) -> tuple[list[int], list[int]]:
+    """Indices of the factored parameters (state has ``key``) and of the others."""
+    fac = [i for i, s in enumerate(ctx.states) if key in s]
+    full = [i for i, s in enumerate(ctx.states) if key not in s]
+    return fac, full
+
+
+def _beta(group: Mapping[str, Any], hp: str, index: int | None) -> Any:
+    v = group[hp]
+    return v if index is None else v[index]
+
+
+def _check_beta(group: Mapping[str, Any], hp: str, index: int | None) -> None:
+    if index is None:
+        V.check_range(hp, group[hp], 0.0, 1.0, high_open=True)
+    else:
+        V.check_betas(group[hp])
+        if len(group[hp]) <= index:
+            raise ValueError(f"Invalid {hp}: {tuple(group[hp])!r} (expected at least {index + 1} values)")
+
+
+# ---------------------------------------------------------------------------- second moment
+class ScaleByFactoredRms(Transform):
+    """Adafactor's factored second moment (seed 000, Algorithms 1 and 3; Shazeer and Stern 2018).
+
+    Reads ``betas`` (``b2 = betas[index]``, index 1 by default) and ``eps``; statistics come
+    from ``ctx.grads``; ``b2_t`` is the bias-corrected decay ``b2 (1 - b2^(t-1)) / (1 - b2^t)``::
+
+        r = b2_t r + (1 - b2_t) (G^2 + eps) 1_n          # state v_row, shape (m,)
+        s = b2_t s + (1 - b2_t) (G^2 + eps)^T 1_m        # state v_col, shape (n,)
+        V = r s^T / (1_m^T r)
+        return updates / sqrt(V)
+
+    Fallback (0-d/1-d tensors, or a group with ``factored=False``): state ``v_full`` with
+    ``v = b2_t v + (1 - b2_t)(G^2 + eps)`` and ``V = v``. State shapes are decided in
+    :meth:`init` from the shape of the tensor it is given.
+    """
+
+    state_keys = ("v_row", "v_col", "v_full")
+
+    def __init__(self, hp: str = "betas", index: int | None = 1) -> None:
+        self.hp, self.index = hp, index
+        self.hyperparams = (hp, "eps", "factored")
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        _check_beta(group, self.hp, self.index)
+        V.check_eps(group["eps"])
+        _check_factored(group)
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        if is_factored(param, group):
+            m, n = as_matrix(param).shape
+            state["v_row"] = state_like(param, group, (m,))
+            state["v_col"] = state_like(param, group, (n,))
+        else:
+            state["v_full"] = state_like(param, group)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        eps = ctx.group["eps"]
+        decays = _decays(_beta(ctx.group, self.hp, self.index), ctx.steps, True)
+        fac, full = _split(ctx, "v_row")
+        out: list[Tensor] = list(updates)
+        f = ctx.foreach
+        if fac:
+            gs = [as_matrix(ctx.grads[i]) for i in fac]
+            rows, cols = row_col_sums(gs, square=True)
+            ops.add_(rows, [eps * g.shape[1] for g in gs], f)  # (G^2 + eps) 1_n
+            ops.add_(cols, [eps * g.shape[0] for g in gs], f)  # (G^2 + eps)^T 1_m
+            r = [ctx.states[i]["v_row"] for i in fac]
+            s = [ctx.states[i]["v_col"] for i in fac]
+            d = [decays[i] for i in fac]
+            _ema_(r, rows, d, f)
+            _ema_(s, cols, d, f)
+            # 1 / sqrt(V_ij) = sqrt(1^T r) / sqrt(r_i) / sqrt(s_j)
+            rr = _rsqrt(r, f)
+            ops.mul_(rr, [t.sqrt() for t in vector_sums(r)], f)
+            cc = _rsqrt(s, f)
+            us = [as_matrix(updates[i]) for i in fac]
+            o = _binary(us, [x.unsqueeze(1) for x in rr], "mul", f)
+            ops.mul_(o, [x.unsqueeze(0) for x in cc], f)
+            for i, x in zip(fac, o):
+                out[i] = x.view(updates[i].shape)
+        if full:
+            gs = [ctx.grads[i] for i in full]
+            v = [ctx.states[i]["v_full"] for i in full]
+            sq = _binary(gs, gs, "mul", f)
+            ops.add_(sq, eps, f)
+            _ema_(v, sq, [decays[i] for i in full], f)
+            o = _binary([updates[i] for i in full], ops.sqrt(v, f), "div", f)
+            for i, x in zip(full, o):
+                out[i] = x
+        return ctx.fresh(out)
+
+    def __repr__(self) -> str:
+        return f"scale_by_factored_rms(hp={self.hp!r}, index={self.index})"
+
+
+class ScaleByRms(Transform):
+    """Unfactored second moment with the bias-corrected decay (seed 000, Algorithm 6)::
+
+        V = b2_t V + (1 - b2_t) G^2          # state exp_avg_sq; b2 = group[hp][index]
+        return updates / (sqrt(V) + eps)
+
+    Statistics come from ``ctx.grads``. Reads ``betas`` and ``eps``.
+    """
+
+    state_keys = ("exp_avg_sq",)
+
+    def __init__(self, hp: str = "betas", index: int | None = 1) -> None:
+        self.hp, self.index = hp, index
+        self.hyperparams = (hp, "eps")
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        _check_beta(group, self.hp, self.index)
+        V.check_eps(group["eps"])
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        state["exp_avg_sq"] = state_like(param, group)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        f = ctx.foreach
+        v = ctx.state("exp_avg_sq")
+        sq = _binary(ctx.grads, ctx.grads, "mul", f)
+        _ema_(v, sq, _decays(_beta(ctx.group, self.hp, self.index), ctx.steps, True), f)
+        den = ops.sqrt(v, f)
+        ops.add_(den, ctx.group["eps"], f)
+        return ctx.fresh(_binary(updates, den, "div", f))
+
+    def __repr__(self) -> str:
+        return f"scale_by_rms(hp={self.hp!r}, index={self.index})"
+
+
+# ---------------------------------------------------------------------------- first moment
+class FactoredMomentum(Transform):
+    """The factored first moment of seed 000 (section 4.2; Algorithms 2, 3 and 4).
+
+    With ``g_r = G 1_n / n`` (row means, length ``m``) and ``g_c = G^T 1_m / m`` (column
+    means, length ``n``), ``b = group[hp][index]`` (``b_t`` = its bias-corrected decay when
+    ``corrected_decay``, else ``b``)::
+
+        single beta (state_index None):             double beta (Lion, state_index given):
+          u = b_t u + (1 - b_t) g_r                   u~ = b u + (1 - b) g_r - g_r
+          u~ = u - g_r   (u if not corrected)         u  = b' u + (1 - b') g_r,  b' = group[hp][state_index]
+        a = b_t u~ if scale_by_beta else u~          (and the same for v, g_c, giving b)
+
+    ``corrected`` (the paper's "corrected terms", default True; False is the ablation) is
+    read from the group key ``corrected`` when present. The transform passes ``updates``
+    through unchanged and leaves ``(a, b)`` per parameter in ``ctx.scratch`` for a reshaper
+    (:func:`scale_by_factored_phi_psi`, :func:`add_normalized_factored_momentum`), which
+    forms ``a 1_n^T`` and ``1_m b^T``.
+
+    State: ``mom_row`` (m,) and ``mom_col`` (n,); fallback (0-d/1-d or ``factored=False``):
+    ``mom_full`` ``M`` (the shape of the parameter) with the same rule on ``G`` itself, and
+    ``a = b = M~``.
+    """
+
+    state_keys = ("mom_row", "mom_col", "mom_full")
+
+    def __init__(self, hp: str = "betas", index: int | None = 0, state_index: int | None = None,
+                 corrected_decay: bool = True, scale_by_beta: bool = True) -> None:
+        self.hp, self.index, self.state_index = hp, index, state_index
+        self.corrected_decay, self.scale_by_beta = corrected_decay, scale_by_beta
+        self.hyperparams = (hp, "corrected", "factored")
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        _check_beta(group, self.hp, self.index)
+        if self.state_index is not None:
+            _check_beta(group, self.hp, self.state_index)
+        c = group.get("corrected", True)
+        if not isinstance(c, bool):
+            raise ValueError(f"Invalid corrected: {c!r} (expected True or False)")
+        _check_factored(group)
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        if is_factored(param, group):
+            m, n = as_matrix(param).shape
+            state["mom_row"] = state_like(param, group, (m,))
+            state["mom_col"] = state_like(param, group, (n,))
+        else:
+            state["mom_full"] = state_like(param, group)
+
+    def _terms(self, bufs: list[Tensor], means: list[Tensor], decays: list[Any], b2: Any,
+               corrected: bool, f: bool) -> list[Tensor]:
+        if self.state_index is None:
+            _ema_(bufs, means, decays, f)
+            terms = _binary(bufs, means, "sub", f) if corrected else ops.clone(bufs)
+        else:
+            terms = ops.clone(bufs)
+            _ema_(terms, means, decays, f)
+            if corrected:
+                ops.add_(terms, means, f, alpha=-1.0)
+            _ema_(bufs, means, [b2] * len(bufs), f)
+        if self.scale_by_beta:
+            ops.mul_(terms, decays, f)
+        return terms
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        f = ctx.foreach
+        b = _beta(ctx.group, self.hp, self.index)
+        b2 = None if self.state_index is None else _beta(ctx.group, self.hp, self.state_index)
+        corrected = bool(ctx.group.get("corrected", True))
+        decays = _decays(b, ctx.steps, self.corrected_decay)
+        fac, full = _split(ctx, "mom_row")
+        terms: list[tuple[Tensor, Tensor]] = [None] * len(updates)  # type: ignore[list-item]
+        if fac:
+            gs = [as_matrix(ctx.grads[i]) for i in fac]
+            rows, cols = row_col_sums(gs)
+            ops.div_(rows, [max(g.shape[1], 1) for g in gs], f)
+            ops.div_(cols, [max(g.shape[0], 1) for g in gs], f)
+            d = [decays[i] for i in fac]
+            a = self._terms([ctx.states[i]["mom_row"] for i in fac], rows, d, b2, corrected, f)
+            c = self._terms([ctx.states[i]["mom_col"] for i in fac], cols, d, b2, corrected, f)
+            for i, x, y in zip(fac, a, c):
+                terms[i] = (x, y)
+        if full:
+            m = self._terms([ctx.states[i]["mom_full"] for i in full], [ctx.grads[i] for i in full],
+                            [decays[i] for i in full], b2, corrected, f)
+            for i, x in zip(full, m):
+                terms[i] = (x, x)
+        ctx.scratch[MOMENTUM_TERMS] = terms
+        return updates
+
+    def __repr__(self) -> str:
+        return (f"factored_momentum(hp={self.hp!r}, index={self.index}, state_index={self.state_index}, "
+                f"corrected_decay={self.corrected_decay}, scale_by_beta={self.scale_by_beta})")
+
+
+def _broadcast_terms(ctx: StepContext) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[int]]:
+    """The grads as matrices with ``a`` shaped as a column and ``b`` as a row (full terms as is)."""
+    terms = ctx.scratch.get(MOMENTUM_TERMS)
+    if terms is None or len(terms) != len(ctx.grads):
+        raise RuntimeError("a factored reshaper needs factored_momentum() earlier in the same chain")
+    gs, cols, rows, fac = [], [], [], []
+    for i, (g, (a, b)) in enumerate(zip(ctx.grads, terms)):
+        if a is b:  # unfactored fallback: M~ for both terms
+            gs.append(g)
+            cols.append(a)
+            rows.append(b)
+        else:
+            gs.append(as_matrix(g))
+            cols.append(a.unsqueeze(1))
+            rows.append(b.unsqueeze(0))
+            fac.append(i)
+    return gs, cols, rows, fac
+
+
+# ---------------------------------------------------------------------------- reshapers
+Reshaper = str | Callable[[Tensor], Tensor]
+
+
+def _apply(fn: Reshaper, xs: list[Tensor], foreach: bool) -> list[Tensor]:
+    if fn == "sign":
+        return ops.sign_(xs, foreach)
+    if fn == "identity":
+        return xs
+    return [fn(x) for x in xs]  # type: ignore[operator]
+
+
+class ScaleByFactoredPhiPsi(Transform):
+    """The factored first-order update of seed 000, section 4.2 (Algorithms 2 and 4)::
+
+        return grad phi(a 1_n^T + G) + grad psi(1_m b^T + G)
+
+    with ``(a, b)`` left by :func:`factored_momentum` earlier in the chain and ``G`` from
+    ``ctx.grads``. ``phi``/``psi`` are ``"sign"`` (``phi = ||.||_1``, signFSGD and
+    LionFactor), ``"identity"`` (``phi = ||.||^2 / 2``) or an element-wise callable
+    ``Tensor -> Tensor`` (the gradient of a convex function). For the unfactored fallback
+    ``a 1^T`` and ``1 b^T`` are both the full ``M~``, so the sign version gives
+    ``2 sign(M~ + G)``.
+    """
+
+    def __init__(self, phi: Reshaper = "sign", psi: Reshaper = "sign") -> None:
+        self.phi, self.psi = phi, psi
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        f = ctx.foreach
+        gs, cols, rows, _ = _broadcast_terms(ctx)
+        x = _apply(self.phi, _binary(gs, cols, "add", f), f)
+        y = _apply(self.psi, _binary(gs, rows, "add", f), f)
+        out = _binary(x, y, "add", f)
+        return ctx.fresh([o.view(g.shape) for o, g in zip(out, ctx.grads)])
+
+    def __repr__(self) -> str:
+        return f"scale_by_factored_phi_psi(phi={self.phi!r}, psi={self.psi!r})"
+
+
+class AddNormalizedFactoredMomentum(Transform):
+    """H-Fac's normalized factored momentum (seed 000, Algorithm 3)::
+
+        phi = a 1_n^T / sqrt(r 1_n^T / n)         # a = b1_t (u - G 1_n / n) from factored_momentum
+        psi = 1_m b^T / sqrt(1_m s^T / m)         # r, s: v_row, v_col of scale_by_factored_rms
+        return updates + coef * (phi + psi)       # coef = 0.5
+
+    Must follow :func:`factored_momentum` and :func:`scale_by_factored_rms` in the chain.
+    Fallback (``v_full``, full ``M~``): ``updates + 2 coef M~ / sqrt(v)``.
+    """
+
+    def __init__(self, coef: float = 0.5) -> None:
+        self.coef = coef
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        f = ctx.foreach
+        _, cols, rows, fac = _broadcast_terms(ctx)
+        facs = set(fac)
+        den_c: list[Tensor] = []
+        den_r: list[Tensor] = []
+        for i, s in enumerate(ctx.states):
+            if i in facs:
+                m, n = s["v_row"].shape[0], s["v_col"].shape[0]
+                den_c.append((s["v_row"] / max(n, 1)).unsqueeze(1))
+                den_r.append((s["v_col"] / max(m, 1)).unsqueeze(0))
+            else:
+                den_c.append(s["v_full"])
+                den_r.append(s["v_full"])
+        pc = _binary(cols, ops.sqrt(den_c, f), "div", f)
+        pr = _binary(rows, ops.sqrt(den_r, f), "div", f)
+        ops.mul_(pc, self.coef, f)
+        ops.mul_(pr, self.coef, f)
+        out = ctx.writable(updates)
+        views = [as_matrix(o) if i in facs else o for i, o in enumerate(out)]
+        ops.add_(views, pc, f)
+        ops.add_(views, pr, f)
+        return out
+
+    def __repr__(self) -> str:
+        return f"add_normalized_factored_momentum(coef={self.coef})"
+
+
+# ---------------------------------------------------------------------------- factories
+def scale_by_factored_rms(hp: str = "betas", index: int | None = 1) -> ScaleByFactoredRms:
+    """See :class:`ScaleByFactoredRms`."""
+    return ScaleByFactoredRms(hp=hp, index=index)
+
+
+def scale_by_rms(hp: str = "betas", index: int | None = 1) -> ScaleByRms:
+    """See :class:`ScaleByRms`."""
+    return ScaleByRms(hp=hp, index=index)
+
+
+def factored_momentum(hp: str = "betas", index: int | None = 0, state_index: int | None = None,
+                      corrected_decay: bool = True, scale_by_beta: bool = True) -> FactoredMomentum:
+    """See :class:`FactoredMomentum`."""
+    return FactoredMomentum(hp=hp, index=index, state_index=state_index,
+                            corrected_decay=corrected_decay, scale_by_beta=scale_by_beta)
+
+
+def scale_by_factored_phi_psi(phi: Reshaper = "sign", psi: Reshaper = "sign") -> ScaleByFactoredPhiPsi:
+    """See :class:`ScaleByFactoredPhiPsi`."""
+    return ScaleByFactoredPhiPsi(phi=phi, psi=psi)
+
+
+def scale_by_factored_sign() -> ScaleByFactoredPhiPsi:
+    """``sign(a 1^T + G) + sign(1 b^T + G)`` (signFSGD, LionFactor); see :class:`ScaleByFactoredPhiPsi`."""
+    return ScaleByFactoredPhiPsi("sign", "sign")
+
+
+def add_normalized_factored_momentum(coef: float = 0.5) -> AddNormalizedFactoredMomentum:
+    """See :class:`AddNormalizedFactoredMomentum`."""
+    return AddNormalizedFactoredMomentum(coef=coef)
