@@ -1,0 +1,210 @@
+"""The core: transforms against NumPy references, the chain's ownership rules, the shell's edges."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import hamopt
+from hamopt import ChainedOptimizer, Transform, chain
+from hamopt.transforms import (
+    add_decayed_weights,
+    clip_by_rms,
+    scale_by_adam,
+    scale_by_ema,
+    scale_by_learning_rate,
+    scale_by_sign,
+)
+
+SHAPES = [(4, 6), (6, 4), (5,), (), (2, 3, 2, 2)]
+
+
+def _params(dtype: torch.dtype = torch.float64, seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64).to(dtype)) for s in SHAPES]
+
+
+def _grads(step: int, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in SHAPES]
+
+
+def _adamw_like(ps, **kw) -> ChainedOptimizer:  # type: ignore[no-untyped-def]
+    shell = {k: kw.pop(k) for k in ("foreach", "maximize", "state_dtype") if k in kw}
+    defaults = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    defaults.update(kw)
+    return ChainedOptimizer(
+        ps, defaults, chain(scale_by_adam(), add_decayed_weights(), scale_by_learning_rate()), **shell
+    )
+
+
+# ----------------------------------------------------------------- transforms vs NumPy
+
+
+def test_ema_sign_clip_chain_matches_numpy() -> None:
+    """chain(scale_by_ema(corrected), clip_by_rms, add_decayed_weights, lr) vs a NumPy loop."""
+    ps = _params()
+    opt = ChainedOptimizer(
+        ps,
+        dict(lr=0.05, betas=(0.8, 0.0), clip_threshold=0.7, weight_decay=0.3),
+        chain(scale_by_ema(), clip_by_rms(), add_decayed_weights(), scale_by_learning_rate()),
+    )
+    x = [p.detach().numpy().copy() for p in ps]
+    m = [np.zeros_like(a) for a in x]
+    b, d, lr, wd = 0.8, 0.7, 0.05, 0.3
+    for t in range(1, 31):
+        gs = _grads(t)
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+        bt = b * (1 - b ** (t - 1)) / (1 - b**t)  # bias-corrected decay, seed 000 section 4.1
+        for i, g in enumerate(gs):
+            gn = g.numpy()
+            m[i] = bt * m[i] + (1 - bt) * gn
+            rms = np.sqrt(np.mean(m[i] ** 2)) if m[i].size else 0.0
+            u = m[i] / max(1.0, rms / d)
+            x[i] = x[i] - lr * (u + wd * x[i])
+    for p, a in zip(ps, x):
+        np.testing.assert_allclose(p.detach().numpy(), a, rtol=1e-12, atol=1e-12)
+
+
+def test_bias_corrected_decay_equals_usual_correction() -> None:
+    """ALGORITHMS.md: the corrected-decay EMA equals m / (1 - b^t) of a plain EMA."""
+    ps = _params()
+    opt = ChainedOptimizer(ps, dict(lr=1.0, betas=(0.9, 0.0)), chain(scale_by_ema(), scale_by_learning_rate()))
+    plain = [np.zeros(s) for s in SHAPES]
+    x = [p.detach().numpy().copy() for p in ps]
+    for t in range(1, 21):
+        gs = _grads(t)
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(gs):
+            plain[i] = 0.9 * plain[i] + 0.1 * g.numpy()
+            x[i] = x[i] - plain[i] / (1 - 0.9**t)
+    for p, a in zip(ps, x):
+        np.testing.assert_allclose(p.detach().numpy(), a, rtol=1e-10, atol=1e-12)
+
+
+def test_sign_does_not_touch_the_momentum_buffer() -> None:
+    """scale_by_ema returns its state buffer; scale_by_sign must copy before writing."""
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = ChainedOptimizer([p], dict(lr=0.1, betas=(0.5, 0.0)),
+                           chain(scale_by_ema(corrected=False), scale_by_sign(), scale_by_learning_rate()))
+    p.grad = torch.tensor([0.2, -0.4, 0.0], dtype=torch.float64)
+    opt.step()
+    torch.testing.assert_close(opt.state[p]["exp_avg"], torch.tensor([0.1, -0.2, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(p.detach(), torch.tensor([-0.1, 0.1, 0.0], dtype=torch.float64))
+
+
+def test_identity_chain_does_not_alias_the_gradient() -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = ChainedOptimizer([p], dict(lr=0.5, weight_decay=0.0), [add_decayed_weights(), scale_by_learning_rate()])
+    p.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(p.grad, torch.ones(3))
+    assert torch.equal(p.detach(), torch.full((3,), 0.5))
+
+
+# ----------------------------------------------------------------- the chain
+
+
+def test_chain_rejects_state_key_clash() -> None:
+    with pytest.raises(ValueError, match="State key 'exp_avg' is used by both"):
+        chain(scale_by_adam(), scale_by_ema())
+
+
+def test_chain_flattens_and_rejects_non_transforms() -> None:
+    c = chain(chain(scale_by_sign(), clip_by_rms()), scale_by_learning_rate())
+    assert len(c.transforms) == 3
+    assert c.hyperparams == ("clip_threshold", "lr")
+    with pytest.raises(TypeError, match="chain\\(\\) takes Transform objects"):
+        chain(scale_by_sign(), lambda g: g)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- the shell
+
+
+def test_sparse_gradient_is_a_clear_error() -> None:
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = _adamw_like(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+
+
+def test_multi_tensor_equals_per_tensor_float64() -> None:
+    ps, ps2 = _params(), _params()
+    o1, o2 = _adamw_like(ps, foreach=True), _adamw_like(ps2, foreach=False)
+    assert o1.param_groups[0]["foreach"] is True and o2.param_groups[0]["foreach"] is False
+    for t in range(1, 21):
+        for p, p2, g in zip(ps, ps2, _grads(t)):
+            p.grad, p2.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    for a, b in zip(ps, ps2):
+        assert torch.equal(a, b)
+    for a, b in zip(ps, ps2):
+        for k in o1.state[a]:
+            assert torch.equal(o1.state[a][k], o2.state[b][k]), k
+
+
+def test_bf16_keeps_float32_state_and_checkpoint_keeps_it() -> None:
+    ps = _params(torch.bfloat16)
+    opt = _adamw_like(ps)
+    for t in range(1, 4):
+        for p, g in zip(ps, _grads(t, torch.bfloat16)):
+            p.grad = g
+        opt.step()
+    assert all(opt.state[p]["exp_avg"].dtype == torch.float32 for p in ps)
+    sd = copy.deepcopy(opt.state_dict())
+    ps2 = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt2 = _adamw_like(ps2)
+    opt2.load_state_dict(sd)
+    assert all(opt2.state[p]["exp_avg"].dtype == torch.float32 for p in ps2)
+    for a, b in zip(ps, ps2):
+        torch.testing.assert_close(opt.state[a]["exp_avg_sq"], opt2.state[b]["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_bf16_state_dtype_is_configurable() -> None:
+    p = torch.nn.Parameter(torch.randn(4, 4).bfloat16())
+    opt = ChainedOptimizer([p], dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+                           chain(scale_by_adam(), scale_by_learning_rate()), state_dtype=torch.bfloat16)
+    p.grad = torch.randn(4, 4).bfloat16()
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.bfloat16
+
+
+def test_bad_state_dtype_is_rejected() -> None:
+    with pytest.raises(ValueError, match=re.escape("Invalid state_dtype: torch.int32")):
+        ChainedOptimizer([torch.nn.Parameter(torch.zeros(2))], dict(lr=0.1),
+                         [scale_by_learning_rate()], state_dtype=torch.int32)
+
+
+def test_tensor_learning_rate() -> None:
+    ps, ps2 = _params(), _params()
+    o1, o2 = _adamw_like(ps, lr=torch.tensor(0.01, dtype=torch.float64)), _adamw_like(ps2, lr=0.01)
+    for t in range(1, 6):
+        for p, p2, g in zip(ps, ps2, _grads(t)):
+            p.grad, p2.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    for a, b in zip(ps, ps2):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+
+
+def test_transform_base_class_is_identity() -> None:
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = ChainedOptimizer([p], dict(lr=1.0), [Transform(), scale_by_learning_rate()])
+    p.grad = torch.tensor([1.0, 2.0])
+    opt.step()
+    assert torch.equal(p.detach(), torch.tensor([0.0, -1.0]))
+
+
+def test_hamopt_exports() -> None:
+    for name in ("create", "list_optimizers", "state_bytes", "expected_state_bytes", "ChainedOptimizer", "chain"):
+        assert hasattr(hamopt, name)
