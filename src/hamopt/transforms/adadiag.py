@@ -1,3 +1,390 @@
-"""Placeholder: filled in by its family issue."""
+"""Preconditioner diagonalization: an SVD rotation around any elementwise adaptive transform.
 
-__all__: list[str] = []
+Implements "Improving Adaptive Moment Optimization via Preconditioner Diagonalization"
+(anonymous, under double-blind review; seed ``001_9c64c0df17d59d44``), as restated in
+``ALGORITHMS.md`` section 2. Every ``svd_interval`` steps the gradient ``G`` (``m x n``) is
+decomposed, ``P, _, Q^T = svd(G)``; in between the bases are kept. The gradient is rotated
+into the basis (``G~ = P^T G`` one-sided, ``G~ = P^T G Q`` two-sided), an *inner* adaptive
+transform (Adam, AMSGrad, Adafactor, Grams, ...) runs there as if ``G~`` were the gradient,
+and its update is rotated back (``P U`` or ``P U Q^T``). In the rotated space the
+preconditioner is approximately diagonal, so the inner optimizer's diagonal second moment
+is a better approximation (paper, sections 3 and 3.3).
+
+:func:`scale_by_svd_rotation` is the public wrapper; :class:`hamopt.AdaDiag` and
+:class:`hamopt.AdafacDiag` are chains built from it.
+
+Conventions fixed here (the paper leaves them open):
+
+* **Orientation.** The paper writes the rule for ``m <= n``. For ``m > n`` it works on
+  ``W^T``; rotating ``W^T`` from the left by ``P`` equals rotating ``W`` from the right,
+  ``G~ = G P`` and ``D = U P^T``, which is what we compute (no transposes). The rotated
+  tensor keeps the ``m x n`` orientation of the parameter's matrix view; the one-sided basis
+  is always the smaller side's and the larger factor is never formed.
+* **Deterministic bases.** Singular vectors are unique only up to sign, and the extra
+  columns of the larger two-sided basis (``full_matrices=True``) only up to a rotation of
+  the null space. Because the moments are kept across basis changes, these choices change
+  the trajectory, so we fix them: each basis column is flipped so that its entry of largest
+  magnitude is positive, and the larger two-sided basis is completed by a QR
+  (Gram-Schmidt) of ``[V, e_j ...]`` with the standard vectors ``e_j`` chosen by smallest
+  row norm of ``V``. The basis is then a deterministic function of the gradient, so a
+  resumed run continues bit-for-bit across a refresh and an independent NumPy reference can
+  reproduce it.
+* **Shapes.** Tensors with 2+ dims use their ``dim0 x prod(rest)`` matrix view; 0-d, 1-d
+  and zero-size tensors run the inner transform unrotated. ``max_precond_dim`` bounds a
+  basis side: a two-sided rotation whose larger side exceeds it falls back to one-sided, a
+  one-sided rotation whose smaller side exceeds it falls back to unrotated. The fallback is
+  decided when the state is created and is visible in the state (no basis tensor).
+* **Failures.** The SVD runs in float32 at least (float64 stays float64). If it raises or
+  returns non-finite values, it is retried once in float64; if that fails too, or if the
+  gradient itself is not finite, the previous basis is kept (the identity before the first
+  SVD) and a ``RuntimeWarning`` is issued once per transform.
+
+The SVD, the basis completion and the two rotations are the only places that need the
+whole matrix (under FSDP they need a gather): :func:`_svd_bases`, :func:`_rotate` and
+:func:`_rotate_back`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core import validation as V
+from ..core.transform import StepContext, Transform, as_matrix
+from .common import AddDecayedWeights
+
+__all__ = ["ScaleBySvdRotation", "rotation_mode", "scale_by_svd_rotation"]
+
+LEFT = "basis_left"
+RIGHT = "basis_right"
+
+#: Group keys the rotation reads, with the defaults used when a group lacks them.
+ROTATION_DEFAULTS: dict[str, Any] = dict(
+    svd_interval=500,
+    two_sided=False,
+    first_svd_step=None,
+    max_precond_dim=10000,
+    rotate_momentum=False,
+)
+
+
+def rotation_mode(shape: Sequence[int], two_sided: bool, max_precond_dim: int) -> tuple[bool, bool]:
+    """Which bases a parameter of ``shape`` keeps: ``(left, right)``.
+
+    ``left`` is the ``m x m`` basis of the rows of the ``m x n`` matrix view, ``right`` the
+    ``n x n`` basis of its columns. One-sided keeps the smaller side (``left`` when
+    ``m == n``); two-sided keeps both. See the module docstring for the fallbacks.
+    """
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return False, False
+    m = shape[0]
+    n = 1
+    for d in shape[1:]:
+        n *= d
+    if m == 0 or n == 0:
+        return False, False
+    if two_sided and max(m, n) <= max_precond_dim:
+        return True, True
+    if min(m, n) <= max_precond_dim:
+        return (True, False) if m <= n else (False, True)
+    return False, False
+
+
+# ---------------------------------------------------------------------- whole-matrix helpers
+def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+    """``L^T G R`` (either factor may be absent). A new tensor."""
+    if left is not None:
+        g = torch.mm(left.T, g)
+    if right is not None:
+        g = torch.mm(g, right)
+    return g
+
+
+def _rotate_back(u: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+    """``L U R^T`` (either factor may be absent). A new tensor."""
+    if left is not None:
+        u = torch.mm(left, u)
+    if right is not None:
+        u = torch.mm(u, right.T)
+    return u
+
+
+def _canonical_signs(b: Tensor) -> Tensor:
+    """Flip each column so that its entry of largest magnitude is positive."""
+    idx = b.abs().argmax(dim=0, keepdim=True)
+    s = torch.sign(torch.gather(b, 0, idx))
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    return b * s
+
+
+def _complete(v: Tensor) -> Tensor:
+    """An ``n x n`` orthonormal basis whose first ``k`` columns are the ``n x k`` ``v``.
+
+    The other ``n - k`` columns are the Gram-Schmidt (Householder QR) orthogonalization of
+    the standard vectors ``e_j`` with the smallest row norms of ``v`` against ``v``: unique
+    up to sign whenever ``[v, e_j ...]`` has full rank (and orthonormal in any case).
+    """
+    n, k = v.shape
+    if k >= n:
+        return v
+    rows = torch.linalg.vector_norm(v, dim=1)
+    pick = torch.sort(torch.argsort(rows, stable=True)[: n - k]).values
+    e = torch.zeros(n, n - k, dtype=v.dtype, device=v.device)
+    e[pick, torch.arange(n - k, device=v.device)] = 1.0
+    q, _ = torch.linalg.qr(torch.cat([v, e], dim=1))
+    return torch.cat([v, q[:, k:]], dim=1)
+
+
+def _svd_bases(g: Tensor, left: bool, right: bool) -> tuple[Tensor | None, Tensor | None]:
+    """The requested bases of ``g`` (``m x n``), canonical signs, in ``g``'s dtype.
+
+    Only a thin SVD is computed: the smaller side's factor is then square and complete;
+    the larger side's is completed by :func:`_complete` only when it is requested.
+    Raises ``RuntimeError`` (``torch.linalg.LinAlgError``) on failure or non-finite output.
+    """
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    lb = _canonical_signs(_complete(u)) if left else None
+    rb = _canonical_signs(_complete(vh.T)) if right else None
+    for b in (lb, rb):
+        if b is not None and not bool(torch.isfinite(b).all()):
+            raise torch.linalg.LinAlgError("linalg.svd returned non-finite singular vectors")
+    return lb, rb
+
+
+# ---------------------------------------------------------------------- the transform
+class ScaleBySvdRotation(Transform):
+    """Run ``inner`` in a periodically refreshed SVD basis of the gradient (seed 001, Alg. 1/3).
+
+    For each matrix parameter (``m x n`` view, see the module docstring for the rules)::
+
+        if t == first_svd_step or (t > first_svd_step and t % svd_interval == 0):
+            P, _, Q^T = svd(G_t)                        # else keep P, Q
+        if t < first_svd_step:   U = inner(G)           # identity basis: plain inner optimizer
+        else:                    G~ = P^T G [Q];  U~ = inner(G~);  U = P U~ [Q^T]
+
+    ``inner`` sees a sub-context whose ``grads`` are the rotated gradients and whose
+    ``params`` are the parameters' matrix views (in the original basis, so transforms that
+    read parameter values, such as weight decay, belong outside the rotation; putting
+    ``add_decayed_weights`` inside is rejected). Its state has the rotated shape (the
+    ``m x n`` matrix view). The basis is computed from this transform's input updates (the
+    gradient when the rotation comes first in the chain).
+
+    Group keys (``ROTATION_DEFAULTS`` or the constructor's values when a group lacks them):
+        svd_interval (int): refresh period ``T``.
+        two_sided (bool): rotate both sides (AdaDiag++) instead of the smaller one.
+        first_svd_step (int or None): the step of the first SVD; ``None`` means 1 one-sided
+            and ``svd_interval`` two-sided (the paper's advice for AdaDiag++).
+        max_precond_dim (int): the largest basis side kept (SOAP's bound, default 10000).
+        rotate_momentum (bool): at each refresh, re-rotate the state named in
+            ``momentum_keys`` into the new basis (SOAP's choice; the paper keeps the
+            moments as they are, the default).
+
+    Args:
+        inner: the elementwise adaptive transform (or chain) to run in the rotated space.
+        momentum_keys: the inner state keys holding first moments (for ``rotate_momentum``).
+        **defaults: default values for the group keys above.
+
+    State: ``basis_left`` (``m x m``) and/or ``basis_right`` (``n x n``), identity until
+    the first SVD, in the state dtype.
+    """
+
+    state_keys = (LEFT, RIGHT)
+
+    def __init__(self, inner: Transform, momentum_keys: Sequence[str] = ("exp_avg",), **defaults: Any) -> None:
+        if not isinstance(inner, Transform):
+            raise TypeError(f"scale_by_svd_rotation() takes a Transform, got {type(inner).__name__}: {inner!r}")
+        unknown = set(defaults) - set(ROTATION_DEFAULTS)
+        if unknown:
+            raise TypeError(f"Unknown rotation option(s): {', '.join(sorted(unknown))}")
+        for t in _walk([inner]):
+            if isinstance(t, AddDecayedWeights):
+                raise ValueError(
+                    "add_decayed_weights() reads the parameters, which are not rotated: "
+                    "put it after scale_by_svd_rotation(...) in the chain, not inside"
+                )
+        self.inner = inner
+        self.momentum_keys = tuple(momentum_keys)
+        self.defaults = {**ROTATION_DEFAULTS, **defaults}
+        self.hyperparams = tuple(ROTATION_DEFAULTS) + tuple(inner.hyperparams)
+        self.supports_compile = inner.supports_compile
+        self.needs_grad_graph = inner.needs_grad_graph
+        self._warned = False
+
+    # ------------------------------------------------------------------ group values
+    def _hp(self, group: Mapping[str, Any], key: str) -> Any:
+        return group[key] if key in group else self.defaults[key]
+
+    def _first(self, group: Mapping[str, Any]) -> int:
+        first = self._hp(group, "first_svd_step")
+        if first is None:
+            return int(self._hp(group, "svd_interval")) if self._hp(group, "two_sided") else 1
+        return int(first)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        V.check_positive_int("svd_interval", self._hp(group, "svd_interval"))
+        first = self._hp(group, "first_svd_step")
+        if first is not None:
+            V.check_positive_int("first_svd_step", first)
+        V.check_positive_int("max_precond_dim", self._hp(group, "max_precond_dim"))
+        for k in ("two_sided", "rotate_momentum"):
+            if not isinstance(self._hp(group, k), bool):
+                raise ValueError(f"Invalid {k}: {self._hp(group, k)!r} (expected True or False)")
+        self.inner.validate(group)
+
+    # ------------------------------------------------------------------ state
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        left, right = rotation_mode(param.shape, self._hp(group, "two_sided"), self._hp(group, "max_precond_dim"))
+        if left or right:
+            mat = as_matrix(param)
+            m, n = mat.shape
+            if left:
+                state[LEFT] = torch.eye(m, dtype=param.dtype, device=param.device)
+            if right:
+                state[RIGHT] = torch.eye(n, dtype=param.dtype, device=param.device)
+            self.inner.init(mat, state, group)
+        else:
+            self.inner.init(param, state, group)
+
+    def children(self) -> Sequence[Transform]:
+        return (self.inner,)
+
+    # ------------------------------------------------------------------ the step
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        group = ctx.group
+        interval = int(self._hp(group, "svd_interval"))
+        first = self._first(group)
+        steps = _host_steps(ctx.steps)
+        same = updates is ctx.grads
+        rot_u: list[Tensor] = []
+        rot_g: list[Tensor] = []
+        mats: list[Tensor] = []
+        active: list[bool] = []
+        for i, s in enumerate(ctx.states):
+            left, right = s.get(LEFT), s.get(RIGHT)
+            if left is None and right is None:
+                rot_u.append(updates[i])
+                rot_g.append(ctx.grads[i])
+                mats.append(ctx.params[i])
+                active.append(False)
+                continue
+            u = as_matrix(updates[i])
+            g = u if same else as_matrix(ctx.grads[i])
+            mats.append(as_matrix(ctx.params[i]))
+            t = steps[i]
+            if t < first:
+                rot_u.append(u)
+                rot_g.append(g)
+                active.append(False)
+                continue
+            if t == first or t % interval == 0:
+                self._refresh(s, u, group)
+                left, right = s.get(LEFT), s.get(RIGHT)
+            ru = _rotate(u, left, right)
+            rot_u.append(ru)
+            rot_g.append(ru if same else _rotate(g, left, right))
+            active.append(True)
+
+        sub = StepContext(
+            group=group, params=mats, grads=rot_g, states=ctx.states, steps=ctx.steps,
+            foreach=ctx.foreach, scratch=ctx.scratch,
+        )
+        if all(active) and not same:
+            sub.fresh(rot_u)  # every tensor was allocated here and aliases nothing else
+        inner_out = self.inner.update(sub, rot_u)
+        inner_owned = sub._owned is inner_out
+
+        out: list[Tensor] = []
+        for i, s in enumerate(ctx.states):
+            shape = ctx.params[i].shape
+            if active[i]:
+                out.append(_rotate_back(inner_out[i], s.get(LEFT), s.get(RIGHT)).reshape(shape))
+            else:
+                out.append(inner_out[i].reshape(shape))
+        if inner_owned or all(active):
+            return ctx.fresh(out)
+        return out
+
+    # ------------------------------------------------------------------ the refresh
+    @torch.compiler.disable
+    def _refresh(self, state: MutableMapping[str, Any], g: Tensor, group: Mapping[str, Any]) -> None:
+        """Recompute the bases of one parameter from ``g`` (its matrix view), in place."""
+        old_l, old_r = state.get(LEFT), state.get(RIGHT)
+        want_l, want_r = old_l is not None, old_r is not None
+        m, n = g.shape
+        bases: tuple[Tensor | None, Tensor | None] | None = None
+        err = "the gradient is not finite"
+        if bool(torch.isfinite(g).all()):
+            work = torch.promote_types(g.dtype, torch.float32)
+            for dtype in dict.fromkeys((work, torch.float64)):
+                try:
+                    bases = _svd_bases(g.to(dtype), want_l, want_r)
+                    break
+                except RuntimeError as e:  # torch.linalg.LinAlgError is a RuntimeError
+                    err = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if bases is None:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"SVD rotation: the SVD of a {m}x{n} gradient failed ({err}); keeping the "
+                    "previous basis (shown once)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return
+        new_l, new_r = bases
+        if self._hp(group, "rotate_momentum"):
+            # M_new = Pn^T Po M Qo^T Qn (SOAP): the old moment expressed in the new basis.
+            for k in self.momentum_keys:
+                buf = state.get(k)
+                if isinstance(buf, Tensor) and buf.shape == (m, n):
+                    moved = buf
+                    if old_l is not None and new_l is not None:
+                        moved = torch.mm(new_l.to(buf.dtype).T, torch.mm(old_l, moved))
+                    if old_r is not None and new_r is not None:
+                        moved = torch.mm(torch.mm(moved, old_r.T), new_r.to(buf.dtype))
+                    buf.copy_(moved)
+        if old_l is not None:
+            old_l.copy_(new_l)
+        if old_r is not None:
+            old_r.copy_(new_r)
+
+    def __repr__(self) -> str:
+        return f"scale_by_svd_rotation({self.inner!r})"
+
+
+def _walk(ts: Sequence[Transform]) -> list[Transform]:
+    out: list[Transform] = []
+    for t in ts:
+        out.append(t)
+        out.extend(_walk(list(t.children())))
+    return out
+
+
+@torch.compiler.disable
+def _tensor_steps(steps: Sequence[Any]) -> list[int]:
+    return [round(float(s)) for s in steps]
+
+
+def _host_steps(steps: Sequence[Any]) -> list[int]:
+    """Step counts as Python ints (one host sync while compiling, none in eager mode)."""
+    if any(isinstance(s, Tensor) for s in steps):
+        return _tensor_steps(steps)
+    return [round(float(s)) for s in steps]
+
+
+def scale_by_svd_rotation(
+    inner: Transform, momentum_keys: Sequence[str] = ("exp_avg",), **defaults: Any
+) -> ScaleBySvdRotation:
+    """Wrap ``inner`` in the periodic SVD rotation of seed 001. See :class:`ScaleBySvdRotation`.
+
+    Example: AdaDiag around AMSGrad, with weight decay and the learning rate outside::
+
+        chain(scale_by_svd_rotation(scale_by_adam(amsgrad=True), svd_interval=200),
+              add_decayed_weights(), scale_by_learning_rate())
+    """
+    return ScaleBySvdRotation(inner, momentum_keys=momentum_keys, **defaults)

@@ -1,0 +1,390 @@
+"""AdaDiag / AdaDiag++ (seed 001, ALGORITHMS.md section 2) against an independent NumPy reference.
+
+The reference below is written from ALGORITHMS.md, not from hamopt: it works on ``W^T``
+when ``m > n`` (the implementation rotates from the right instead), takes its SVD from
+NumPy, and completes the larger two-sided basis by an explicit Gram-Schmidt loop (the
+implementation uses a Householder QR). The only thing shared is the documented convention
+that makes the basis unique (column signs: largest-magnitude entry positive; null-space
+completion: Gram-Schmidt of the standard vectors with the smallest row norms of V).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import hamopt
+from hamopt.transforms import add_decayed_weights, chain, scale_by_adam, scale_by_learning_rate
+from hamopt.transforms.adadiag import scale_by_svd_rotation
+
+
+# ---------------------------------------------------------------------- NumPy reference
+def np_canon(b: np.ndarray) -> np.ndarray:
+    out = b.copy()
+    for j in range(b.shape[1]):
+        i = int(np.argmax(np.abs(b[:, j])))
+        if b[i, j] < 0:
+            out[:, j] = -b[:, j]
+    return out
+
+
+def np_complete(v: np.ndarray) -> np.ndarray:
+    """Extend the orthonormal columns ``v`` (n x k) to an n x n basis by Gram-Schmidt."""
+    n, k = v.shape
+    rows = np.linalg.norm(v, axis=1)
+    picks = sorted(np.argsort(rows, kind="stable")[: n - k])
+    cols = [v[:, j] for j in range(k)]
+    for j in picks:
+        x = np.zeros(n)
+        x[j] = 1.0
+        for _ in range(2):  # re-orthogonalize once
+            for c in cols:
+                x = x - (c @ x) * c
+        cols.append(x / np.linalg.norm(x))
+    return np.stack(cols, axis=1)
+
+
+def np_bases(g: np.ndarray, two_sided: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``P`` (m x m) and, two-sided, ``Q`` (n x n) of ``g`` (m <= n)."""
+    u, _, vh = np.linalg.svd(g, full_matrices=False)
+    p = np_canon(u)
+    q = np_canon(np_complete(vh.T)) if two_sided else None
+    return p, q
+
+
+def ref_adadiag(w0, grads, *, lr, b1, b2, eps, wd, T, two_sided, first=None,
+                amsgrad=False, rotate_momentum=False):
+    """ALGORITHMS.md section 2, AdaDiag / AdaDiag++ on one matrix, float64."""
+    if first is None:
+        first = T if two_sided else 1
+    tr = w0.shape[0] > w0.shape[1]
+    w = (w0.T if tr else w0).copy()
+    m, n = w.shape
+    M = np.zeros((m, n))
+    V = np.zeros((m, n))
+    Vmax = np.zeros((m, n))
+    P, Q = np.eye(m), np.eye(n)
+    for t, g in enumerate(grads, start=1):
+        g = g.T if tr else g
+        if t >= first and (t == first or t % T == 0):
+            Pn, Qn = np_bases(g, two_sided)
+            Qn = Qn if two_sided else np.eye(n)
+            if rotate_momentum:
+                M = Pn.T @ P @ M @ Q.T @ Qn
+            P, Q = Pn, Qn
+        gt = P.T @ g @ Q if t >= first else g
+        M = b1 * M + (1 - b1) * gt
+        V = b2 * V + (1 - b2) * gt**2
+        Vmax = np.maximum(Vmax, V)
+        vv = Vmax if amsgrad else V
+        U = (M / (1 - b1**t)) / (np.sqrt(vv / (1 - b2**t)) + eps)
+        D = P @ U @ Q.T if t >= first else U
+        w = w - lr * (D + wd * w)
+    return w.T if tr else w
+
+
+def run_torch(opt_factory, w0s, grads_per_param, steps):
+    ps = [torch.nn.Parameter(torch.tensor(w0)) for w0 in w0s]
+    opt = opt_factory(ps)
+    for t in range(steps):
+        for p, gs in zip(ps, grads_per_param):
+            p.grad = torch.tensor(gs[t])
+        opt.step()
+    return opt, [p.detach().numpy() for p in ps]
+
+
+def _data(shapes, steps=30, seed=0):
+    rng = np.random.default_rng(seed)
+    w0s = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for _ in range(steps)] for s in shapes]
+    return w0s, grads
+
+
+HP = dict(lr=0.01, b1=0.9, b2=0.99, eps=1e-8, wd=0.1)
+SHAPES = [(4, 7), (7, 4), (5, 5), (3, 2, 2, 2)]
+
+
+def _ref_any(w0, grads, **kw):
+    """The reference on the matrix view (``dim0 x prod(rest)``) of a tensor."""
+    shape = w0.shape
+    mv = lambda x: x.reshape(shape[0], -1)  # noqa: E731
+    return ref_adadiag(mv(w0), [mv(g) for g in grads], **kw).reshape(shape)
+
+
+# ---------------------------------------------------------------------- the rule
+@pytest.mark.parametrize("two_sided", [False, True], ids=["one_sided", "two_sided"])
+@pytest.mark.parametrize("foreach", [True, False])
+def test_adadiag_matches_numpy_reference(two_sided, foreach):
+    w0s, grads = _data(SHAPES)
+    T = 4  # refreshes at 1 (one-sided) / 4, 8, ..., 28
+    _, got = run_torch(
+        lambda ps: hamopt.AdaDiag(ps, lr=HP["lr"], betas=(HP["b1"], HP["b2"]), eps=HP["eps"],
+                                  weight_decay=HP["wd"], svd_interval=T, two_sided=two_sided,
+                                  foreach=foreach),
+        w0s, grads, 30)
+    for w0, gs, w in zip(w0s, grads, got):
+        ref = _ref_any(w0, gs, T=T, two_sided=two_sided, **HP)
+        np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-11)
+        # the test has teeth: the rotation moved the iterate away from plain AdamW
+        adam = _ref_any(w0, gs, T=T, two_sided=two_sided, first=10**9, **HP)
+        assert np.abs(w - adam).max() > 1e-4
+
+
+@pytest.mark.parametrize("two_sided", [False, True], ids=["one_sided", "two_sided"])
+def test_rotate_momentum_option_matches_reference(two_sided):
+    w0s, grads = _data([(4, 6), (6, 3)], seed=1)
+    _, got = run_torch(
+        lambda ps: hamopt.AdaDiag(ps, lr=HP["lr"], betas=(HP["b1"], HP["b2"]), eps=HP["eps"],
+                                  weight_decay=HP["wd"], svd_interval=5, two_sided=two_sided,
+                                  first_svd_step=2, rotate_momentum=True),
+        w0s, grads, 30)
+    for w0, gs, w in zip(w0s, grads, got):
+        ref = ref_adadiag(w0, gs, T=5, two_sided=two_sided, first=2, rotate_momentum=True, **HP)
+        np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-11)
+        kept = ref_adadiag(w0, gs, T=5, two_sided=two_sided, first=2, **HP)
+        assert np.abs(w - kept).max() > 1e-5
+
+
+def test_rotation_around_amsgrad_matches_reference():
+    w0s, grads = _data([(5, 3), (3, 6)], seed=2)
+
+    def make(ps):
+        defaults = dict(lr=HP["lr"], betas=(HP["b1"], HP["b2"]), eps=HP["eps"], weight_decay=HP["wd"])
+        return hamopt.ChainedOptimizer(
+            ps, defaults,
+            chain(scale_by_svd_rotation(scale_by_adam(amsgrad=True), svd_interval=4),
+                  add_decayed_weights(), scale_by_learning_rate()))
+
+    opt, got = run_torch(make, w0s, grads, 30)
+    assert "max_exp_avg_sq" in opt.transform.state_keys  # chain() sees the inner state
+    for w0, gs, w in zip(w0s, grads, got):
+        ref = ref_adadiag(w0, gs, T=4, two_sided=False, amsgrad=True, **HP)
+        np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-11)
+
+
+def test_vectors_and_scalars_run_plain_adamw():
+    w0s, grads = _data([(6,), ()], seed=3)
+    _, got = run_torch(lambda ps: hamopt.AdaDiag(ps, lr=0.01, weight_decay=0.1, svd_interval=2), w0s, grads, 12)
+    ps = [torch.nn.Parameter(torch.tensor(w0)) for w0 in w0s]
+    ref = torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, foreach=False)
+    for t in range(12):
+        for p, gs in zip(ps, grads):
+            p.grad = torch.tensor(gs[t])
+        ref.step()
+    for w, p in zip(got, ps):
+        np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------- identity phase == Adam
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_before_first_svd_is_exactly_adam(wd):
+    """Two-sided with first_svd_step=None: steps 1..T-1 are AdamW (to rounding), step T is not."""
+    T = 6
+    w0s, grads = _data([(4, 5), (5, 3), (5,)], steps=T, seed=4)
+    ps = [torch.nn.Parameter(torch.tensor(w0)) for w0 in w0s]
+    qs = [torch.nn.Parameter(torch.tensor(w0)) for w0 in w0s]
+    opt = hamopt.AdaDiag(ps, lr=0.01, weight_decay=wd, svd_interval=T, two_sided=True)
+    ref = (torch.optim.AdamW(qs, lr=0.01, weight_decay=wd, foreach=False) if wd
+           else torch.optim.Adam(qs, lr=0.01, foreach=False))
+    for t in range(T):
+        for p, q, gs in zip(ps, qs, grads):
+            p.grad = torch.tensor(gs[t])
+            q.grad = torch.tensor(gs[t])
+        opt.step()
+        ref.step()
+        diff = max((p - q).abs().max().item() for p, q in zip(ps, qs))
+        if t + 1 < T:
+            assert diff < 1e-14, (t + 1, diff)
+            assert torch.equal(opt.state[ps[0]]["basis_left"], torch.eye(4, dtype=torch.float64))
+        else:
+            assert diff > 1e-4  # the first SVD happened at step T
+
+
+# ---------------------------------------------------------------------- memory (Table 3)
+def test_state_bytes_match_table_3():
+    def sb(shape, **kw):
+        p = torch.nn.Parameter(torch.zeros(shape))
+        opt = hamopt.AdaDiag([p], svd_interval=1, first_svd_step=1, **kw)
+        p.grad = torch.randn(shape)
+        opt.step()
+        return hamopt.state_bytes(opt) - 4  # minus the float32 step counter
+
+    for m, n in [(4, 7), (7, 4)]:
+        lo, hi = min(m, n), max(m, n)
+        assert sb((m, n)) == 4 * (lo * lo + 2 * m * n)  # AdaDiag m^2 + 2mn
+        assert sb((m, n), two_sided=True) == 4 * (m + n) ** 2  # AdaDiag++ (m+n)^2
+        # max_precond_dim fallbacks: two-sided -> one-sided -> plain Adam (2mn)
+        assert sb((m, n), two_sided=True, max_precond_dim=hi - 1) == 4 * (lo * lo + 2 * m * n)
+        assert sb((m, n), max_precond_dim=lo - 1) == 4 * (2 * m * n)
+    assert sb((3, 2, 2)) == 4 * (9 + 2 * 12)
+    assert sb((5,)) == 4 * 10
+    # an embedding: one-sided never forms the 32000 x 32000 factor; two-sided falls back
+    assert sb((32000, 4)) == 4 * (16 + 2 * 128000)
+    assert sb((32000, 4), two_sided=True) == 4 * (16 + 2 * 128000)
+
+
+@pytest.mark.parametrize("name", ["adadiag", "adadiag++"])
+def test_registry_formula_equals_measured(name):
+    shapes = [(4, 7), (7, 4), (3, 2, 2, 2), (5,), (), (0, 3), (1, 6)]
+    ps = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    opt = hamopt.create(name, ps, svd_interval=1)
+    for p in ps:
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    assert hamopt.state_bytes(opt) == hamopt.expected_state_bytes(name, ps)
+
+
+def test_wide_embedding_svd_is_thin(monkeypatch):
+    """The SVD of a tall matrix is asked for thin factors only (the n x n factor of the
+    larger side is never formed)."""
+    calls = []
+    real = torch.linalg.svd
+
+    def spy(a, full_matrices=True, **kw):
+        calls.append((tuple(a.shape), full_matrices))
+        return real(a, full_matrices=full_matrices, **kw)
+
+    monkeypatch.setattr(torch.linalg, "svd", spy)
+    p = torch.nn.Parameter(torch.randn(4000, 16))
+    opt = hamopt.AdaDiag([p], lr=1e-3, svd_interval=2)
+    for _ in range(2):
+        p.grad = torch.randn(4000, 16)
+        opt.step()
+    assert calls == [((4000, 16), False)] * 2
+    assert opt.state[p]["basis_right"].shape == (16, 16)
+    assert "basis_left" not in opt.state[p]
+    assert torch.isfinite(p).all()
+
+
+# ---------------------------------------------------------------------- SVD failures
+def _always_fail(*a, **k):
+    raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge because the input "
+                                   "matrix is ill-conditioned or has too many repeated singular values")
+
+
+def test_svd_failure_keeps_basis_warns_once_and_stays_finite(monkeypatch):
+    monkeypatch.setattr(torch.linalg, "svd", _always_fail)
+    w0s, grads = _data([(4, 6), (6, 4)], steps=20, seed=5)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        _, got = run_torch(lambda ps: hamopt.AdaDiag(ps, lr=0.01, weight_decay=0.1, svd_interval=3), w0s, grads, 20)
+    msgs = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "failed to converge" in msgs[0], msgs
+    for w0, gs, w in zip(w0s, grads, got):
+        assert np.isfinite(w).all()
+        # the basis stayed the identity: plain AdamW
+        ref = ref_adadiag(w0, gs, T=3, two_sided=False, first=10**9, **HP | dict(b2=0.999))
+        np.testing.assert_allclose(w, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_svd_float32_failure_is_retried_in_float64(monkeypatch):
+    real = torch.linalg.svd
+    seen = []
+
+    def flaky(a, full_matrices=True, **kw):
+        seen.append(a.dtype)
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real(a, full_matrices=full_matrices, **kw)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    w0s, grads = _data([(4, 6)], steps=8, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the retry succeeded
+        ps = [torch.nn.Parameter(torch.tensor(w0s[0], dtype=torch.float32))]
+        opt = hamopt.AdaDiag(ps, lr=0.01, svd_interval=4)
+        for t in range(8):
+            ps[0].grad = torch.tensor(grads[0][t], dtype=torch.float32)
+            opt.step()
+    assert seen == [torch.float32, torch.float64] * 3  # steps 1, 4, 8
+    basis = opt.state[ps[0]]["basis_left"]
+    assert basis.dtype == torch.float32
+    p_ref, _ = np_bases(grads[0][7].astype(np.float32).astype(np.float64), False)
+    np.testing.assert_allclose(basis.numpy(), p_ref, atol=1e-5)
+
+
+def test_nonfinite_svd_output_keeps_basis(monkeypatch):
+    real = torch.linalg.svd
+
+    def nan_svd(a, full_matrices=True, **kw):
+        u, s, vh = real(a, full_matrices=full_matrices, **kw)
+        return u * float("nan"), s, vh
+
+    p = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+    opt = hamopt.AdaDiag([p], lr=0.01, svd_interval=2)
+    p.grad = torch.randn(3, 5, dtype=torch.float64)
+    opt.step()  # a good first basis
+    good = opt.state[p]["basis_left"].clone()
+    monkeypatch.setattr(torch.linalg, "svd", nan_svd)
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        p.grad = torch.randn(3, 5, dtype=torch.float64)
+        opt.step()  # step 2: refresh fails in float64 too
+    assert torch.equal(opt.state[p]["basis_left"], good)
+    assert torch.isfinite(p).all()
+
+
+def test_nonfinite_gradient_at_a_refresh_keeps_basis():
+    """No SVD of a non-finite gradient: the basis stays, the step does not crash (the inner
+    Adam then propagates the inf exactly as torch.optim.Adam would)."""
+    p = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+    opt = hamopt.AdaDiag([p], lr=0.01, svd_interval=2)
+    p.grad = torch.randn(3, 5, dtype=torch.float64)
+    opt.step()
+    good = opt.state[p]["basis_left"].clone()
+    g = torch.randn(3, 5, dtype=torch.float64)
+    g[1, 2] = float("inf")
+    p.grad = g
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        opt.step()
+    assert torch.equal(opt.state[p]["basis_left"], good)
+
+
+# ---------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("kw", [dict(), dict(two_sided=True), dict(rotate_momentum=True)],
+                         ids=["one_sided", "two_sided", "rotate_momentum"])
+def test_resume_is_bit_for_bit_across_a_refresh(kw):
+    torch.manual_seed(0)
+    shapes = [(4, 6), (6, 3), (2, 3, 2), (5,)]
+    gs = [[torch.randn(s, dtype=torch.float64) for s in shapes] for _ in range(14)]
+    ps = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes]
+
+    def steps(opt, params, ts):
+        for t in ts:
+            for p, g in zip(params, gs[t]):
+                p.grad = g.clone()
+            opt.step()
+
+    opt = hamopt.AdaDiag(ps, lr=0.01, weight_decay=0.1, svd_interval=4, **kw)
+    steps(opt, ps, range(6))
+    saved = copy.deepcopy(opt.state_dict())
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    steps(opt, ps, range(6, 14))  # refreshes at 8 and 12
+    opt2 = hamopt.AdaDiag(qs, lr=0.01, weight_decay=0.1, svd_interval=4, **kw)
+    opt2.load_state_dict(saved)
+    steps(opt2, qs, range(6, 14))
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q)
+
+
+# ---------------------------------------------------------------------- arguments
+@pytest.mark.parametrize("kw, msg", [
+    (dict(svd_interval=0), "Invalid svd_interval: 0"),
+    (dict(svd_interval=2.5), "Invalid svd_interval: 2.5"),
+    (dict(first_svd_step=0), "Invalid first_svd_step: 0"),
+    (dict(max_precond_dim=0), "Invalid max_precond_dim: 0"),
+    (dict(two_sided="yes"), "Invalid two_sided: 'yes'"),
+    (dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
+    (dict(lr=-1.0), "Invalid learning rate: -1.0"),
+])
+def test_bad_arguments(kw, msg):
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        hamopt.AdaDiag([torch.nn.Parameter(torch.zeros(2, 2))], **kw)
+
+
+def test_weight_decay_inside_the_rotation_is_rejected():
+    with pytest.raises(ValueError, match="add_decayed_weights"):
+        scale_by_svd_rotation(chain(scale_by_adam(), add_decayed_weights()))
