@@ -1,3 +1,308 @@
-"""Placeholder: filled in by its family issue."""
+"""The H-Fac family (seed 000_bfd3aa1d2a7f558b, ALGORITHMS.md section 1).
 
-__all__: list[str] = []
+Nguyen, Nguyen, Tran and Than, "H-Fac: Memory-Efficient Optimization with Factorized
+Hamiltonian Descent", arXiv:2406.09958 (2024). Five optimizers, each a short chain of the
+transforms in :mod:`hamopt.transforms.factored` and :mod:`hamopt.transforms.common`:
+
+- :class:`AdafactorM` (Algorithm 1): Adafactor with a first moment; ``betas[0] = 0`` is
+  Adafactor without momentum and keeps no first-moment buffer.
+- :class:`SignFSGD` (Algorithm 2): factored first moment with the sign reshaper.
+- :class:`LionFactor` (Appendix B, Algorithm 4): signFSGD with Lion's double-beta scheme.
+- :class:`HFac` (Algorithm 3): first and second moments both factored, ``2(m+n)`` numbers.
+- :class:`AdamWVariant` (Appendix C, Algorithm 6): momentum of normalized gradients.
+
+Matrices are ``m x n``; a tensor with more than two dims is factored as
+``dim0 x prod(rest)``. 0-d and 1-d tensors use the unfactored rule of the same family (the
+rank-1 reconstructions replaced by full moments, see each class), and so does every
+parameter of a group with ``factored=False`` (the paper's "fullhead")::
+
+    opt = hamopt.HFac([{"params": body}, {"params": head.parameters(), "factored": False}])
+
+Weight decay is decoupled and uses the parameter before the update:
+``X <- X - lr (D + weight_decay X)``.
+
+Registry names: ``adafactor_m``, ``signfsgd``, ``lionfactor``, ``hfac``, ``adamw_variant``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..core import validation as V
+from ..core.optimizer import ChainedOptimizer, ParamsT
+from ..core.transform import chain
+from ..registry import OptimizerInfo, matrix_dims, numel, register
+from ..transforms.common import ScaleByEma, add_decayed_weights, clip_by_rms, scale_by_learning_rate
+from ..transforms.factored import (
+    add_normalized_factored_momentum,
+    factored_momentum,
+    scale_by_factored_rms,
+    scale_by_factored_sign,
+    scale_by_rms,
+)
+
+__all__ = ["AdafactorM", "AdamWVariant", "HFac", "LionFactor", "SignFSGD"]
+
+
+
+class _FirstMoment(ScaleByEma):
+    """``_FirstMoment()`` that validates the whole ``betas`` tuple with
+    torch's messages (``Invalid beta parameter at index 0: 1.0``); ``ScaleByEma.validate``
+    words it ``Invalid betas[0]: ...``, which the battery's error table rejects."""
+
+    def __init__(self) -> None:
+        super().__init__(key="exp_avg", hp="betas", index=0, corrected=True)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        V.check_betas(group["betas"], 2)
+
+
+PAPER = ("Nguyen, Nguyen, Tran and Than, 'H-Fac: Memory-Efficient Optimization with Factorized "
+         "Hamiltonian Descent', arXiv:2406.09958 (seed 000_bfd3aa1d2a7f558b)")
+
+
+class AdafactorM(ChainedOptimizer):
+    r"""Adafactor with momentum, Adafactor-m (seed 000, Algorithm 1).
+
+    For an ``m x n`` gradient ``G`` (bias-corrected decays ``b_t = b (1 - b^(t-1)) / (1 - b^t)``)::
+
+        M = b1_t M + (1 - b1_t) G                       # skipped (no buffer) when b1 = 0
+        r = b2_t r + (1 - b2_t) (G^2 + eps) 1_n
+        s = b2_t s + (1 - b2_t) (G^2 + eps)^T 1_m
+        V = r s^T / (1_m^T r)
+        X = X - lr (clip_d(M / sqrt(V)) + weight_decay X)    # clip_d(U) = U / max(1, RMS(U) / d)
+
+    0-d/1-d tensors (and groups with ``factored=False``): ``V = b2_t V + (1 - b2_t)(G^2 + eps)``
+    element-wise (Adam-style second moment), the rest unchanged.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-3).
+        betas: ``(b1, b2)`` (default: (0.9, 0.999)); ``b1 = 0`` is Adafactor without momentum.
+        eps: added to ``G^2`` (default: 1e-30).
+        weight_decay: decoupled weight decay (default: 0).
+        clip_threshold: ``d`` of the update clipping, ``None`` to disable (default: 1.0).
+
+    State per ``m x n`` matrix: ``mn + m + n`` numbers (``m + n`` with ``b1 = 0``).
+    Deviation from Shazeer and Stern (2018): a fixed learning rate and the paper's
+    bias-corrected ``b2_t`` instead of the relative step size and ``1 - t^(-0.8)``.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-30, weight_decay: float = 0.0, clip_threshold: float | None = 1.0, *,
+                 maximize: bool = False, foreach: bool | None = None,
+                 state_dtype: torch.dtype | None = None) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold),
+            chain(_FirstMoment(), scale_by_factored_rms(), clip_by_rms(),
+                  add_decayed_weights(), scale_by_learning_rate()),
+            maximize=maximize, foreach=foreach, state_dtype=state_dtype,
+        )
+
+
+class SignFSGD(ChainedOptimizer):
+    r"""signFSGD: factored first moment with the sign reshaper (seed 000, Algorithm 2).
+
+    For an ``m x n`` gradient ``G`` (constant ``beta``, as Algorithm 2 writes it)::
+
+        u = beta u + (1 - beta) G 1_n / n             # row means, length m
+        v = beta v + (1 - beta) G^T 1_m / m           # column means, length n
+        u~ = u - G 1_n / n;  v~ = v - G^T 1_m / m     # corrected terms (u~ = u, v~ = v if not corrected)
+        X = X - lr (sign(beta u~ 1_n^T + G) + sign(beta 1_m v~^T + G) + weight_decay X)
+
+    0-d/1-d tensors (and groups with ``factored=False``, the paper's "fullhead"): one full
+    momentum ``M = beta M + (1 - beta) G``, ``M~ = M - G`` replaces both ``u~ 1^T`` and
+    ``1 v~^T``, so the update is ``2 sign(beta M~ + G)``.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 3e-4).
+        beta: momentum coefficient (default: 0.9).
+        weight_decay: decoupled weight decay (default: 0).
+        corrected: use the corrected terms (default: True); False is the paper's ablation.
+
+    State per ``m x n`` matrix: ``m + n`` numbers.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 3e-4, beta: float = 0.9, weight_decay: float = 0.0,
+                 corrected: bool = True, *, maximize: bool = False, foreach: bool | None = None,
+                 state_dtype: torch.dtype | None = None) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, beta=beta, weight_decay=weight_decay, corrected=corrected),
+            chain(factored_momentum(hp="beta", index=None, corrected_decay=False, scale_by_beta=True),
+                  scale_by_factored_sign(), add_decayed_weights(), scale_by_learning_rate()),
+            maximize=maximize, foreach=foreach, state_dtype=state_dtype,
+        )
+
+
+class LionFactor(ChainedOptimizer):
+    r"""LionFactor: signFSGD with Lion's double-beta scheme (seed 000, Appendix B, Algorithm 4).
+
+    For an ``m x n`` gradient ``G``::
+
+        u~ = b1 u + (1 - b1) G 1_n / n - G 1_n / n
+        v~ = b1 v + (1 - b1) G^T 1_m / m - G^T 1_m / m
+        X = X - lr (sign(u~ 1_n^T + G) + sign(1_m v~^T + G) + weight_decay X)
+        u = b2 u + (1 - b2) G 1_n / n
+        v = b2 v + (1 - b2) G^T 1_m / m
+
+    0-d/1-d tensors (and groups with ``factored=False``): one full momentum ``M`` with
+    ``M~ = b1 M + (1 - b1) G - G`` in place of both terms, i.e. ``2 sign(b1 M + (1 - b1) G)``
+    (twice Lion's update), then ``M = b2 M + (1 - b2) G``.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 3e-4).
+        betas: ``(b1, b2)`` (default: (0.9, 0.99)).
+        weight_decay: decoupled weight decay (default: 0).
+
+    State per ``m x n`` matrix: ``m + n`` numbers.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
+                 state_dtype: torch.dtype | None = None) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, weight_decay=weight_decay),
+            chain(factored_momentum(hp="betas", index=0, state_index=1, corrected_decay=False,
+                                    scale_by_beta=False),
+                  scale_by_factored_sign(), add_decayed_weights(), scale_by_learning_rate()),
+            maximize=maximize, foreach=foreach, state_dtype=state_dtype,
+        )
+
+
+class HFac(ChainedOptimizer):
+    r"""H-Fac: first and second moments both factored (seed 000, Algorithm 3).
+
+    For an ``m x n`` gradient ``G`` (bias-corrected decays ``b_t = b (1 - b^(t-1)) / (1 - b^t)``)::
+
+        u = b1_t u + (1 - b1_t) G 1_n / n
+        v = b1_t v + (1 - b1_t) G^T 1_m / m
+        r = b2_t r + (1 - b2_t) (G^2 + eps) 1_n
+        s = b2_t s + (1 - b2_t) (G^2 + eps)^T 1_m
+        V = r s^T / (1_m^T r)
+        phi = b1_t (u 1_n^T - G 1_n 1_n^T / n) / sqrt(r 1_n^T / n)
+        psi = b1_t (1_m v^T - 1_m 1_m^T G / m) / sqrt(1_m s^T / m)
+        X = X - lr (0.5 (phi + psi) + clip_d(G / sqrt(V)) + weight_decay X)
+
+    ``corrected=False`` (the paper's ablation) drops ``- G 1_n 1_n^T / n`` and
+    ``- 1_m 1_m^T G / m``. 0-d/1-d tensors (and groups with ``factored=False``): full
+    moments ``M = b1_t M + (1 - b1_t) G`` and ``V = b2_t V + (1 - b2_t)(G^2 + eps)`` replace
+    ``u 1^T``, ``1 v^T`` and ``r 1^T / n``, ``1 s^T / m``, ``V``, so the update is
+    ``b1_t (M - G) / sqrt(V) + clip_d(G / sqrt(V))``.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-3).
+        betas: ``(b1, b2)`` (default: (0.9, 0.999)).
+        eps: added to ``G^2`` (default: 1e-30).
+        weight_decay: decoupled weight decay (default: 0).
+        clip_threshold: ``d`` of the update clipping, ``None`` to disable (default: 1.0).
+        corrected: use the corrected terms (default: True).
+
+    State per ``m x n`` matrix: ``2(m + n)`` numbers (``u, v, r, s``); ``2 numel`` for the
+    fallback.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-30, weight_decay: float = 0.0, clip_threshold: float | None = 1.0,
+                 corrected: bool = True, *, maximize: bool = False, foreach: bool | None = None,
+                 state_dtype: torch.dtype | None = None) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold,
+                 corrected=corrected),
+            chain(factored_momentum(hp="betas", index=0, corrected_decay=True, scale_by_beta=True),
+                  scale_by_factored_rms(), clip_by_rms(), add_normalized_factored_momentum(0.5),
+                  add_decayed_weights(), scale_by_learning_rate()),
+            maximize=maximize, foreach=foreach, state_dtype=state_dtype,
+        )
+
+
+class AdamWVariant(ChainedOptimizer):
+    r"""The AdamW variant of seed 000, Appendix C, Algorithm 6 (momentum of normalized gradients).
+
+    With bias-corrected decays ``b_t = b (1 - b^(t-1)) / (1 - b^t)``, for tensors of any shape::
+
+        V = b2_t V + (1 - b2_t) G^2
+        M = b1_t M + (1 - b1_t) G / (sqrt(V) + eps)
+        X = X - lr (M + weight_decay X)
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-3).
+        betas: ``(b1, b2)`` (default: (0.9, 0.999)).
+        eps: added to ``sqrt(V)`` (default: 1e-8).
+        weight_decay: decoupled weight decay (default: 0).
+
+    State: ``2 numel`` numbers (unfactored), like AdamW.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 foreach: bool | None = None, state_dtype: torch.dtype | None = None) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+            chain(scale_by_rms(), _FirstMoment(), add_decayed_weights(),
+                  scale_by_learning_rate()),
+            maximize=maximize, foreach=foreach, state_dtype=state_dtype,
+        )
+
+
+# ---------------------------------------------------------------------------- registry
+Shape = tuple[int, ...]
+
+
+def _factored_or_full(shape: Shape) -> int:
+    """``m + n`` for the ``dim0 x prod(rest)`` view of a 2+-dim shape, else ``numel``."""
+    md = matrix_dims(shape)
+    return numel(shape) if md is None else md[0] + md[1]
+
+
+def _adafactor_m_numel(shape: Shape) -> int:
+    return numel(shape) + _factored_or_full(shape)
+
+
+register(OptimizerInfo(
+    name="adafactor_m", factory=AdafactorM, paper=f"{PAPER}, Algorithm 1", family="hfac",
+    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0),
+    memory="mn + m + n (m + n with betas[0] = 0; 2 numel for 0-d/1-d)", state_numel=_adafactor_m_numel,
+    summary="Adafactor with a first moment and bias-corrected decays; betas[0]=0 is Adafactor",
+    factored=True, test_lr=0.05,
+))
+register(OptimizerInfo(
+    name="signfsgd", factory=SignFSGD, paper=f"{PAPER}, Algorithm 2", family="hfac",
+    defaults=dict(lr=3e-4, beta=0.9, weight_decay=0.0, corrected=True),
+    memory="m + n (numel for 0-d/1-d)", state_numel=_factored_or_full,
+    summary="factored (row/column mean) momentum with corrected terms and the sign reshaper",
+    factored=True, sign_based=True, test_lr=0.01,
+    bad_inputs=(({"beta": 1.0}, "Invalid beta: 1.0"),),
+))
+register(OptimizerInfo(
+    name="lionfactor", factory=LionFactor, paper=f"{PAPER}, Appendix B, Algorithm 4", family="hfac",
+    defaults=dict(lr=3e-4, betas=(0.9, 0.99), weight_decay=0.0),
+    memory="m + n (numel for 0-d/1-d)", state_numel=_factored_or_full,
+    summary="signFSGD with Lion's double-beta scheme on factored momentum",
+    factored=True, sign_based=True, test_lr=0.01,
+))
+register(OptimizerInfo(
+    name="hfac", factory=HFac, paper=f"{PAPER}, Algorithm 3", family="hfac",
+    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0, corrected=True),
+    memory="2(m + n) (2 numel for 0-d/1-d)", state_numel=lambda s: 2 * _factored_or_full(s),
+    summary="H-Fac: factored momentum and factored second moment, sublinear memory",
+    factored=True, test_lr=0.05,
+))
+register(OptimizerInfo(
+    name="adamw_variant", factory=AdamWVariant, paper=f"{PAPER}, Appendix C, Algorithm 6", family="hfac",
+    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+    memory="2mn", state_numel=lambda s: 2 * numel(s),
+    summary="AdamW variant: EMA of G / (sqrt(V) + eps) as the update",
+    test_lr=0.05,
+))
