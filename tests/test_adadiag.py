@@ -87,6 +87,38 @@ def ref_adadiag(w0, grads, *, lr, b1, b2, eps, wd, T, two_sided, first=None,
     return w.T if tr else w
 
 
+def ref_adafacdiag(w0, grads, *, lr, b1, b2, eps, wd, d, T, two_sided, first=None):
+    """ALGORITHMS.md section 2 / seed 001 Algorithm 3 (AdafacDiag) on one matrix, float64."""
+    if first is None:
+        first = T if two_sided else 1
+    tr = w0.shape[0] > w0.shape[1]
+    w = (w0.T if tr else w0).copy()
+    m, n = w.shape
+    r, s, M = np.zeros(m), np.zeros(n), np.zeros((m, n))
+    P, Q = np.eye(m), np.eye(n)
+
+    def hat(b, t):  # bias-corrected decay
+        return b * (1 - b ** (t - 1)) / (1 - b**t)
+
+    for t, g in enumerate(grads, start=1):
+        g = g.T if tr else g
+        if t >= first and (t == first or t % T == 0):
+            P, Qn = np_bases(g, two_sided)
+            Q = Qn if two_sided else np.eye(n)
+        gt = P.T @ g @ Q if t >= first else g
+        h2 = hat(b2, t)
+        r = h2 * r + (1 - h2) * (gt**2 + eps).sum(axis=1)
+        s = h2 * s + (1 - h2) * (gt**2 + eps).sum(axis=0)
+        V = np.outer(r, s) / r.sum()
+        X = gt / np.sqrt(V)
+        X = X / max(1.0, np.sqrt(np.mean(X**2)) / d)
+        h1 = hat(b1, t)
+        M = h1 * M + (1 - h1) * X
+        D = P @ M @ Q.T if t >= first else M
+        w = w - lr * (D + wd * w)
+    return w.T if tr else w
+
+
 def run_torch(opt_factory, w0s, grads_per_param, steps):
     ps = [torch.nn.Parameter(torch.tensor(w0)) for w0 in w0s]
     opt = opt_factory(ps)
@@ -166,6 +198,25 @@ def test_rotation_around_amsgrad_matches_reference():
         np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("b1", [0.0, 0.9], ids=["no_momentum", "momentum"])
+@pytest.mark.parametrize("two_sided", [False, True], ids=["one_sided", "two_sided"])
+def test_adafacdiag_matches_numpy_reference(two_sided, b1):
+    w0s, grads = _data(SHAPES, seed=7)
+    hp = dict(lr=0.01, b1=b1, b2=0.99, eps=1e-30, wd=0.1, d=1.0)
+    _, got = run_torch(
+        lambda ps: hamopt.AdafacDiag(ps, lr=hp["lr"], betas=(b1, hp["b2"]), eps=hp["eps"],
+                                     weight_decay=hp["wd"], clip_threshold=hp["d"], svd_interval=4,
+                                     two_sided=two_sided),
+        w0s, grads, 30)
+    mv = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
+    for w0, gs, w in zip(w0s, grads, got):
+        ref = ref_adafacdiag(mv(w0), [mv(g) for g in gs], T=4, two_sided=two_sided, **hp).reshape(w0.shape)
+        np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-11)
+        plain = ref_adafacdiag(mv(w0), [mv(g) for g in gs], T=4, two_sided=two_sided, first=10**9,
+                               **hp).reshape(w0.shape)
+        assert np.abs(w - plain).max() > 1e-4
+
+
 def test_vectors_and_scalars_run_plain_adamw():
     w0s, grads = _data([(6,), ()], seed=3)
     _, got = run_torch(lambda ps: hamopt.AdaDiag(ps, lr=0.01, weight_decay=0.1, svd_interval=2), w0s, grads, 12)
@@ -227,7 +278,23 @@ def test_state_bytes_match_table_3():
     assert sb((32000, 4), two_sided=True) == 4 * (16 + 2 * 128000)
 
 
-@pytest.mark.parametrize("name", ["adadiag", "adadiag++"])
+def test_adafacdiag_state_bytes_match_table_3():
+    def sb(shape, **kw):
+        p = torch.nn.Parameter(torch.zeros(shape))
+        opt = hamopt.AdafacDiag([p], svd_interval=1, first_svd_step=1, **kw)
+        p.grad = torch.randn(shape)
+        opt.step()
+        return hamopt.state_bytes(opt) - 4
+
+    for m, n in [(4, 7), (7, 4)]:
+        lo = min(m, n)
+        assert sb((m, n)) == 4 * (lo * lo + m + n)  # without momentum: m^2 + m + n
+        assert sb((m, n), betas=(0.9, 0.999)) == 4 * (lo * lo + m * n + m + n)  # m^2 + mn + m + n
+        assert sb((m, n), two_sided=True) == 4 * (m * m + n * n + m + n)
+    assert sb((5,)) == 4 * 5
+
+
+@pytest.mark.parametrize("name", ["adadiag", "adadiag++", "adafacdiag", "adafacdiag++"])
 def test_registry_formula_equals_measured(name):
     shapes = [(4, 7), (7, 4), (3, 2, 2, 2), (5,), (), (0, 3), (1, 6)]
     ps = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
