@@ -1,0 +1,399 @@
+"""The H-Fac family (seed 000) against independent NumPy references and peer libraries.
+
+The references below are written from ALGORITHMS.md section 1 / the seed's Algorithms 1-4
+and 6, one plain NumPy loop per algorithm, not from hamopt's transforms. Every test feeds the
+same random float64 gradients (independent of the parameters) to hamopt and to the reference
+for 50 steps and compares the parameters. Shapes: m < n, m > n, a 4-D tensor (factored as
+dim0 x prod(rest)), a 1-D tensor and a 0-d tensor (the documented unfactored fallbacks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import hamopt
+
+SHAPES = [(4, 7), (7, 4), (3, 2, 2, 3), (6,), ()]
+STEPS = 50
+RTOL, ATOL = 1e-10, 1e-12
+
+
+def bt(b: float, t: int) -> float:
+    """Bias-corrected decay b_t = b (1 - b^(t-1)) / (1 - b^t) (seed 000, section 4.1)."""
+    return 0.0 if b == 0 else b * (1 - b ** (t - 1)) / (1 - b**t)
+
+
+def clip(u: np.ndarray, d: float | None) -> np.ndarray:
+    if d is None or u.size == 0:
+        return u
+    rms = np.sqrt(np.mean(u**2))
+    return u / max(1.0, rms / d)
+
+
+# ---------------------------------------------------------------------------- references
+# Each reference takes x (the parameter, original shape), a list of gradients, and the
+# hyperparameters; it returns the final x. `full=True` forces the unfactored rule.
+
+
+def _mat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(x.shape[0], -1)
+
+
+def ref_adafactor_m(x, grads, lr, b1, b2, eps, wd, d, full=False):
+    shape = x.shape
+    fac = x.ndim >= 2 and not full
+    x = _mat(x).copy() if fac else x.astype(np.float64).copy()
+    M = np.zeros_like(x)
+    if fac:
+        m, n = x.shape
+        r, s = np.zeros(m), np.zeros(n)
+    else:
+        v = np.zeros_like(x)
+    for t, g in enumerate(grads, start=1):
+        G = _mat(g) if fac else g
+        M = bt(b1, t) * M + (1 - bt(b1, t)) * G
+        c = bt(b2, t)
+        if fac:
+            r = c * r + (1 - c) * ((G**2 + eps) @ np.ones(n))
+            s = c * s + (1 - c) * ((G**2 + eps).T @ np.ones(m))
+            V = np.outer(r, s) / (np.ones(m) @ r)
+        else:
+            v = c * v + (1 - c) * (G**2 + eps)
+            V = v
+        x = x - lr * (clip(M / np.sqrt(V), d) + wd * x)
+    return x.reshape(shape)
+
+
+def ref_signfsgd(x, grads, lr, b, wd, corrected, full=False):
+    shape = x.shape
+    fac = x.ndim >= 2 and not full
+    x = _mat(x).copy() if fac else x.astype(np.float64).copy()
+    if fac:
+        m, n = x.shape
+        u, v = np.zeros(m), np.zeros(n)
+    else:
+        M = np.zeros_like(x)
+    for g in grads:
+        G = _mat(g) if fac else g
+        if fac:
+            u = b * u + (1 - b) * G @ np.ones(n) / n
+            v = b * v + (1 - b) * G.T @ np.ones(m) / m
+            ut = u - G @ np.ones(n) / n if corrected else u
+            vt = v - G.T @ np.ones(m) / m if corrected else v
+            D = np.sign(b * np.outer(ut, np.ones(n)) + G) + np.sign(b * np.outer(np.ones(m), vt) + G)
+        else:
+            # fallback: the full momentum M replaces both u 1^T and 1 v^T
+            M = b * M + (1 - b) * G
+            Mt = M - G if corrected else M
+            D = 2 * np.sign(b * Mt + G)
+        x = x - lr * (D + wd * x)
+    return x.reshape(shape)
+
+
+def ref_lionfactor(x, grads, lr, b1, b2, wd, full=False):
+    shape = x.shape
+    fac = x.ndim >= 2 and not full
+    x = _mat(x).copy() if fac else x.astype(np.float64).copy()
+    if fac:
+        m, n = x.shape
+        u, v = np.zeros(m), np.zeros(n)
+    else:
+        M = np.zeros_like(x)
+    for g in grads:
+        G = _mat(g) if fac else g
+        if fac:
+            ut = b1 * u + (1 - b1) * G @ np.ones(n) / n - G @ np.ones(n) / n
+            vt = b1 * v + (1 - b1) * G.T @ np.ones(m) / m - G.T @ np.ones(m) / m
+            D = np.sign(np.outer(ut, np.ones(n)) + G) + np.sign(np.outer(np.ones(m), vt) + G)
+            x = x - lr * (D + wd * x)
+            u = b2 * u + (1 - b2) * G @ np.ones(n) / n
+            v = b2 * v + (1 - b2) * G.T @ np.ones(m) / m
+        else:
+            Mt = b1 * M + (1 - b1) * G - G
+            x = x - lr * (2 * np.sign(Mt + G) + wd * x)
+            M = b2 * M + (1 - b2) * G
+    return x.reshape(shape)
+
+
+def ref_hfac(x, grads, lr, b1, b2, eps, wd, d, corrected, full=False):
+    shape = x.shape
+    fac = x.ndim >= 2 and not full
+    x = _mat(x).copy() if fac else x.astype(np.float64).copy()
+    if fac:
+        m, n = x.shape
+        u, v, r, s = np.zeros(m), np.zeros(n), np.zeros(m), np.zeros(n)
+        one_m, one_n = np.ones(m), np.ones(n)
+    else:
+        M, W = np.zeros_like(x), np.zeros_like(x)
+    for t, g in enumerate(grads, start=1):
+        G = _mat(g) if fac else g
+        c1, c2 = bt(b1, t), bt(b2, t)
+        if fac:
+            u = c1 * u + (1 - c1) * G @ one_n / n
+            v = c1 * v + (1 - c1) * G.T @ one_m / m
+            r = c2 * r + (1 - c2) * ((G**2 + eps) @ one_n)
+            s = c2 * s + (1 - c2) * ((G**2 + eps).T @ one_m)
+            V = np.outer(r, s) / (one_m @ r)
+            cu = np.outer(G @ one_n, one_n) / n if corrected else 0.0
+            cv = np.outer(one_m, one_m) @ G / m if corrected else 0.0
+            phi = c1 * (np.outer(u, one_n) - cu) / np.sqrt(np.outer(r, one_n) / n)
+            psi = c1 * (np.outer(one_m, v) - cv) / np.sqrt(np.outer(one_m, s) / m)
+            D = 0.5 * (phi + psi) + clip(G / np.sqrt(V), d)
+        else:
+            # fallback: full M replaces u 1^T and 1 v^T; full W replaces r 1^T/n, 1 s^T/m and V
+            M = c1 * M + (1 - c1) * G
+            W = c2 * W + (1 - c2) * (G**2 + eps)
+            Mt = M - G if corrected else M
+            D = c1 * Mt / np.sqrt(W) + clip(G / np.sqrt(W), d)
+        x = x - lr * (D + wd * x)
+    return x.reshape(shape)
+
+
+def ref_adamw_variant(x, grads, lr, b1, b2, eps, wd):
+    x = x.astype(np.float64).copy()
+    M, V = np.zeros_like(x), np.zeros_like(x)
+    for t, G in enumerate(grads, start=1):
+        c1, c2 = bt(b1, t), bt(b2, t)
+        V = c2 * V + (1 - c2) * G**2
+        M = c1 * M + (1 - c1) * G / (np.sqrt(V) + eps)
+        x = x - lr * (M + wd * x)
+    return x
+
+
+# ---------------------------------------------------------------------------- harness
+
+
+def _data(seed: int = 0) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal(s) for s in SHAPES]
+    grads = [[rng.standard_normal(s) * (1 + 0.5 * rng.standard_normal()) for _ in range(STEPS)] for s in SHAPES]
+    return xs, grads
+
+
+def _run(cls: Any, xs: list[np.ndarray], grads: list[list[np.ndarray]], groups: list[dict] | None = None,
+         **kw: Any) -> list[np.ndarray]:
+    ps = [torch.nn.Parameter(torch.tensor(x, dtype=torch.float64)) for x in xs]
+    params: Any = ps if groups is None else [{**g, "params": [ps[i] for i in g["params"]]} for g in groups]
+    opt = cls(params, **kw)
+    for k in range(STEPS):
+        for p, gs in zip(ps, grads):
+            p.grad = torch.tensor(gs[k], dtype=torch.float64)
+        opt.step()
+    return [p.detach().numpy() for p in ps]
+
+
+def _check(out: list[np.ndarray], ref: Any, xs: list[np.ndarray], grads: list[list[np.ndarray]]) -> None:
+    for i, (o, x, g) in enumerate(zip(out, xs, grads)):
+        expected = ref(i, x, g)
+        assert not np.allclose(expected, x), "the reference must move the parameter"
+        np.testing.assert_allclose(o, expected, rtol=RTOL, atol=ATOL, err_msg=f"shape {SHAPES[i]}")
+
+
+WD = [0.0, 0.1]
+
+
+@pytest.mark.parametrize("wd", WD)
+@pytest.mark.parametrize("b1", [0.9, 0.0])
+def test_adafactor_m_matches_reference(wd: float, b1: float) -> None:
+    xs, grads = _data(1)
+    kw = dict(lr=0.02, betas=(b1, 0.99), eps=1e-30, weight_decay=wd, clip_threshold=1.0)
+    out = _run(hamopt.AdafactorM, xs, grads, **kw)
+    _check(out, lambda i, x, g: ref_adafactor_m(x, g, 0.02, b1, 0.99, 1e-30, wd, 1.0), xs, grads)
+
+
+@pytest.mark.parametrize("wd", WD)
+@pytest.mark.parametrize("corrected", [True, False])
+def test_signfsgd_matches_reference(wd: float, corrected: bool) -> None:
+    xs, grads = _data(2)
+    out = _run(hamopt.SignFSGD, xs, grads, lr=0.01, beta=0.9, weight_decay=wd, corrected=corrected)
+    _check(out, lambda i, x, g: ref_signfsgd(x, g, 0.01, 0.9, wd, corrected), xs, grads)
+
+
+@pytest.mark.parametrize("wd", WD)
+def test_lionfactor_matches_reference(wd: float) -> None:
+    xs, grads = _data(3)
+    out = _run(hamopt.LionFactor, xs, grads, lr=0.01, betas=(0.9, 0.99), weight_decay=wd)
+    _check(out, lambda i, x, g: ref_lionfactor(x, g, 0.01, 0.9, 0.99, wd), xs, grads)
+
+
+@pytest.mark.parametrize("wd", WD)
+@pytest.mark.parametrize("corrected", [True, False])
+def test_hfac_matches_reference(wd: float, corrected: bool) -> None:
+    xs, grads = _data(4)
+    out = _run(hamopt.HFac, xs, grads, lr=0.02, betas=(0.9, 0.99), eps=1e-30, weight_decay=wd,
+               clip_threshold=1.0, corrected=corrected)
+    _check(out, lambda i, x, g: ref_hfac(x, g, 0.02, 0.9, 0.99, 1e-30, wd, 1.0, corrected), xs, grads)
+
+
+def test_hfac_without_clipping_and_with_default_betas() -> None:
+    xs, grads = _data(5)
+    out = _run(hamopt.HFac, xs, grads, lr=0.01, clip_threshold=None)
+    _check(out, lambda i, x, g: ref_hfac(x, g, 0.01, 0.9, 0.999, 1e-30, 0.0, None, True), xs, grads)
+
+
+@pytest.mark.parametrize("wd", WD)
+def test_adamw_variant_matches_reference(wd: float) -> None:
+    xs, grads = _data(6)
+    out = _run(hamopt.AdamWVariant, xs, grads, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd)
+    _check(out, lambda i, x, g: ref_adamw_variant(x, g, 0.01, 0.9, 0.99, 1e-8, wd), xs, grads)
+
+
+# ---------------------------------------------------------------------------- fullhead groups
+
+_FULLHEAD_CASES = [
+    (hamopt.HFac, dict(lr=0.02, betas=(0.9, 0.99), weight_decay=0.1),
+     lambda x, g, full: ref_hfac(x, g, 0.02, 0.9, 0.99, 1e-30, 0.1, 1.0, True, full=full)),
+    (hamopt.SignFSGD, dict(lr=0.01, weight_decay=0.1),
+     lambda x, g, full: ref_signfsgd(x, g, 0.01, 0.9, 0.1, True, full=full)),
+    (hamopt.LionFactor, dict(lr=0.01, weight_decay=0.1),
+     lambda x, g, full: ref_lionfactor(x, g, 0.01, 0.9, 0.99, 0.1, full=full)),
+    (hamopt.AdafactorM, dict(lr=0.02, betas=(0.9, 0.99), weight_decay=0.1),
+     lambda x, g, full: ref_adafactor_m(x, g, 0.02, 0.9, 0.99, 1e-30, 0.1, 1.0, full=full)),
+]
+
+
+@pytest.mark.parametrize("case", _FULLHEAD_CASES, ids=lambda c: c[0].__name__)
+def test_fullhead_group_uses_the_unfactored_rule(case: Any) -> None:
+    cls, kw, ref = case
+    xs, grads = _data(7)
+    # params 0 (4x7) and 2 (4-D) in a fullhead group, the others factored as usual
+    groups = [{"params": [0, 2], "factored": False}, {"params": [1, 3, 4]}]
+    ps_out = _run(cls, xs, grads, groups=groups, **kw)
+    for i, (o, x, g) in enumerate(zip(ps_out, xs, grads)):
+        np.testing.assert_allclose(o, ref(x, g, i in (0, 2)), rtol=RTOL, atol=ATOL)
+    # fullhead keeps a full-size state for the matrix; the factored group does not
+    opt = cls([{"params": [torch.nn.Parameter(torch.zeros(4, 7))], "factored": False}], **kw)
+    opt.param_groups[0]["params"][0].grad = torch.ones(4, 7)
+    opt.step()
+    st = opt.state[opt.param_groups[0]["params"][0]]
+    assert all(v.shape == (4, 7) for k, v in st.items() if k != "step")
+
+
+def test_bad_factored_and_corrected_values_are_rejected() -> None:
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="Invalid factored: 'no'"):
+        hamopt.HFac([{"params": [p], "factored": "no"}])
+    with pytest.raises(ValueError, match="Invalid corrected: 1"):
+        hamopt.SignFSGD([p], corrected=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Invalid beta: 1\.0"):
+        hamopt.SignFSGD([p], beta=1.0)
+    with pytest.raises(ValueError, match=r"Invalid beta parameter at index 1: 1\.0"):
+        hamopt.LionFactor([p], betas=(0.9, 1.0))
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def test_hfac_memory_is_two_m_plus_n() -> None:
+    m, n = 32, 48
+    ps = [torch.nn.Parameter(torch.zeros(m, n)), torch.nn.Parameter(torch.zeros(n))]
+    opt = hamopt.HFac(ps)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert hamopt.state_bytes(opt) == 4 * (2 * (m + n) + 2 * n) + 2 * 4  # + two float32 step counters
+    st = opt.state[ps[0]]
+    assert {k: tuple(v.shape) for k, v in st.items()} == {
+        "step": (), "mom_row": (m,), "mom_col": (n,), "v_row": (m,), "v_col": (n,)}
+
+
+def test_adafactor_without_momentum_keeps_no_first_moment() -> None:
+    p = torch.nn.Parameter(torch.zeros(5, 6))
+    opt = hamopt.AdafactorM([p], betas=(0.0, 0.999))
+    p.grad = torch.randn(5, 6)
+    opt.step()
+    assert set(opt.state[p]) == {"step", "v_row", "v_col"}
+    assert hamopt.state_bytes(opt) == 4 * (5 + 6) + 4
+
+
+# ---------------------------------------------------------------------------- fast == slow
+
+
+@pytest.mark.parametrize("name", ["adafactor_m", "signfsgd", "lionfactor", "hfac", "adamw_variant"])
+def test_foreach_equals_per_tensor_with_groups_and_ablations(name: str) -> None:
+    xs, grads = _data(8)
+    info = hamopt.get(name)
+    extra: dict[str, Any] = {"corrected": False} if "corrected" in info.defaults else {}
+    groups = [{"params": [0, 1], "factored": False, **extra}, {"params": [2, 3, 4]}]
+    if name == "adamw_variant":
+        groups = [{"params": [0, 1]}, {"params": [2, 3, 4]}]
+    outs = [_run(info.factory, xs, grads, groups=groups, lr=0.01, foreach=fe) for fe in (True, False)]
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------- peers
+# Adafactor-m with b1 = 0 is Adafactor. The peers differ in conventions:
+#  * torch.optim.Adafactor: b2_t = 1 - t^beta2_decay (ours: the bias-corrected b2_t), a
+#    relative step alpha = max(eps2, RMS(X)) * min(lr, 1/sqrt(t)) (ours: fixed lr), eps1 as a
+#    clamp of V (ours: added to G^2), weight decay X *= 1 - lr*wd with its (small) lr, and it
+#    factors the LAST two dims of >2-D tensors (ours: dim0 x prod(rest)).
+#  * pytorch_optimizer.AdaFactor: b2_t = min(b2, 1 - t^decay_rate), relative step and
+#    parameter scaling by default, momentum (if any) applied AFTER normalization and clipping
+#    without bias correction, last-two-dims factoring.
+# They coincide for 2-D and 1-D tensors when b2 = 0 (b2_t = 0) and beta2_decay = decay_rate
+# = 0 (1 - t^0 = 0): V is then built from the current gradient alone, so the factoring,
+# the reconstruction, eps, clipping and decoupled weight decay are all compared. For torch
+# we set eps2 = 1e6 and lr_torch = lr / 1e6 (so alpha = lr while lr_torch < 1/sqrt(t)), and
+# weight_decay_torch = wd * 1e6 (so its 1 - lr_torch * wd_torch = 1 - lr * wd); our eps = 0.
+
+_PEER_SHAPES = [(4, 7), (7, 4), (6,)]
+
+
+def _peer_data() -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    rng = np.random.default_rng(9)
+    return ([rng.standard_normal(s) for s in _PEER_SHAPES],
+            [[rng.standard_normal(s) for _ in range(STEPS)] for s in _PEER_SHAPES])
+
+
+def _run_peer(opt_fn: Any, xs: list[np.ndarray], grads: list[list[np.ndarray]]) -> list[np.ndarray]:
+    ps = [torch.nn.Parameter(torch.tensor(x, dtype=torch.float64)) for x in xs]
+    opt = opt_fn(ps)
+    for k in range(STEPS):
+        for p, gs in zip(ps, grads):
+            p.grad = torch.tensor(gs[k], dtype=torch.float64)
+        opt.step()
+    return [p.detach().numpy() for p in ps]
+
+
+@pytest.mark.parametrize("wd", WD)
+def test_adafactor_without_momentum_equals_torch_adafactor(wd: float) -> None:
+    xs, grads = _peer_data()
+    lr = 0.01
+    ours = _run_peer(lambda ps: hamopt.AdafactorM(ps, lr=lr, betas=(0.0, 0.0), eps=0.0, weight_decay=wd), xs, grads)
+    theirs = _run_peer(lambda ps: torch.optim.Adafactor(ps, lr=lr / 1e6, beta2_decay=0.0, eps=(None, 1e6),
+                                                        weight_decay=wd * 1e6, foreach=False), xs, grads)
+    for a, b, x in zip(ours, theirs, xs):
+        assert not np.allclose(a, x)
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("wd", WD)
+def test_adafactor_without_momentum_equals_pytorch_optimizer(wd: float) -> None:
+    po = pytest.importorskip("pytorch_optimizer")
+    xs, grads = _peer_data()
+    lr = 0.01
+    ours = _run_peer(lambda ps: hamopt.AdafactorM(ps, lr=lr, betas=(0.0, 0.0), eps=1e-30, weight_decay=wd), xs,
+                     grads)
+    theirs = _run_peer(lambda ps: po.AdaFactor(ps, lr=lr, betas=(None, 0.999), decay_rate=0.0, weight_decay=wd,
+                                               weight_decouple=True, relative_step=False, scale_parameter=False,
+                                               eps1=1e-30, clip_threshold=1.0, foreach=False), xs, grads)
+    for a, b, x in zip(ours, theirs, xs):
+        assert not np.allclose(a, x)
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("wd", WD)
+def test_lionfactor_vector_fallback_is_twice_lion(wd: float) -> None:
+    # For 1-D tensors LionFactor's documented fallback is 2 sign(b1 M + (1 - b1) G): Lion with
+    # lr' = 2 lr and weight_decay' = wd / 2 (so lr' wd' = lr wd).
+    lion_pytorch = pytest.importorskip("lion_pytorch")
+    rng = np.random.default_rng(10)
+    xs, grads = [rng.standard_normal(9)], [[rng.standard_normal(9) for _ in range(STEPS)]]
+    ours = _run_peer(lambda ps: hamopt.LionFactor(ps, lr=0.01, betas=(0.9, 0.99), weight_decay=wd), xs, grads)
+    theirs = _run_peer(lambda ps: lion_pytorch.Lion(ps, lr=0.02, betas=(0.9, 0.99), weight_decay=wd / 2), xs, grads)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-12, atol=1e-14)
