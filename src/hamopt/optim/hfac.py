@@ -49,7 +49,7 @@ __all__ = ["AdafactorM", "AdamWVariant", "HFac", "LionFactor", "SignFSGD"]
 
 
 class _FirstMoment(ScaleByEma):
-    """``_FirstMoment()`` that validates the whole ``betas`` tuple with
+    """``scale_by_ema(index=0, corrected=True)`` that validates the whole ``betas`` tuple with
     torch's messages (``Invalid beta parameter at index 0: 1.0``); ``ScaleByEma.validate``
     words it ``Invalid betas[0]: ...``, which the battery's error table rejects."""
 
