@@ -1,3 +1,662 @@
-"""Placeholder: filled in by its family issue."""
+"""The lecture's optimizers that ``torch.optim`` lacks (seed 002_499076b5b4a9af2b, ALGORITHMS.md 5).
 
-__all__: list[str] = []
+* :class:`SignSGD` [signsgd] -- signSGD and Signum (Bernstein, Wang, Azizzadenesheli and
+  Anandkumar, "signSGD: Compressed Optimisation for Non-Convex Problems", ICML 2018).
+* :class:`AdaMod` [adamod] -- Ding, Ren, Luo and Sun, "An Adaptive and Momental Bound Method for
+  Stochastic Learning", arXiv:1910.12249 (2019).
+* :class:`DiffGrad` [diffgrad] -- Dubey, Chakraborty, Roy, Mukherjee, Singh and Chaudhuri,
+  "diffGrad: An Optimization Method for Convolutional Neural Networks", IEEE TNNLS 2020.
+* :class:`Lookahead` [lookahead] -- Zhang, Lucas, Hinton and Ba, "Lookahead Optimizer: k steps
+  forward, 1 step back", NeurIPS 2019: a wrapper around *any* ``torch.optim.Optimizer``.
+* :class:`Ranger` [ranger] -- RAdam (Liu et al., ICLR 2020) + Lookahead + gradient
+  centralization (Yong et al., ECCV 2020), after Wright's Ranger (2019/2020).
+* :class:`Sophia` [sophia] -- Liu, Li, Hall, Liang and Ma, "Sophia: A Scalable Stochastic
+  Second-order Optimizer for Language Model Pre-training", ICLR 2024 (the lecture's Algorithm 3)
+  with the Hutchinson and Gauss-Newton-Bartlett estimators.
+* :func:`scale_lr` -- the lecture's learning rate vs batch size rule: linear (Goyal et al. 2017,
+  "Accurate, Large Minibatch SGD") or square root (Hoffer, Hubara and Soudry, NeurIPS 2017).
+* :func:`with_centralization` -- put gradient centralization in front of any hamopt optimizer.
+
+Lion is not here: it is Lion-K with the ``sign`` kernel (:mod:`hamopt.optim.lionk`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core import validation as V
+from ..core.optimizer import ChainedOptimizer, ParamsT
+from ..core.transform import Transform, chain
+from ..registry import OptimizerInfo, create, numel, register
+from ..transforms.common import add_decayed_weights, scale_by_ema, scale_by_learning_rate, scale_by_sign
+from ..transforms.lecture import (
+    ScaleBySophia,
+    centralize,
+    lookahead,
+    scale_by_adamod,
+    scale_by_diffgrad,
+    scale_by_radam,
+    scale_by_sophia,
+)
+
+__all__ = [
+    "AdaMod",
+    "DiffGrad",
+    "Lookahead",
+    "Ranger",
+    "SignSGD",
+    "Sophia",
+    "scale_lr",
+    "with_centralization",
+]
+
+LECTURE = "Lecture on optimizers for deep learning (seed 002_499076b5b4a9af2b)"
+
+
+# ---------------------------------------------------------------------------- signSGD
+
+
+class SignSGD(ChainedOptimizer):
+    r"""signSGD, and Signum with ``momentum > 0`` (Bernstein et al. 2018, Algorithm 1 and Signum).
+
+    ::
+
+        g <- g - mean over dims 1..                   (only with use_gc, tensors with 2+ dims)
+        m = momentum * m + (1 - momentum) * g         (momentum = 0: m = g, no buffer)
+        p <- p - lr * (sign(m) + weight_decay * p)
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-3).
+        momentum: EMA decay of the momentum; 0 is signSGD, > 0 is Signum (default: 0.0).
+        weight_decay: decoupled weight decay (default: 0.0).
+        use_gc: gradient centralization first (default: False).
+
+    Deviation: the weight decay is decoupled (the paper has none).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        use_gc: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, momentum=momentum, weight_decay=weight_decay, use_gc=use_gc),
+            chain(
+                centralize("use_gc"),
+                scale_by_ema("momentum_buffer", hp="momentum", index=None, corrected=False),
+                scale_by_sign(),
+                add_decayed_weights(),
+                scale_by_learning_rate(),
+            ),
+            maximize=maximize,
+            foreach=foreach,
+            state_dtype=state_dtype,
+        )
+
+
+# ---------------------------------------------------------------------------- AdaMod
+
+
+class AdaMod(ChainedOptimizer):
+    r"""AdaMod: Adam with a momental bound on its per-coordinate step (Ding et al. 2019, Algorithm 1).
+
+    ::
+
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+        eta = lr / (sqrt(v / (1 - b2^t)) + eps)
+        s = b3 s + (1 - b3) eta                       # s_0 = 0
+        p <- p - min(eta, s) * m / (1 - b1^t) - lr * weight_decay * p
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-3).
+        betas: ``(b1, b2, b3)`` (default: (0.9, 0.999, 0.999), the authors' code).
+        eps: added to ``sqrt(vhat)`` (default: 1e-8).
+        weight_decay: decoupled weight decay (default: 0.0).
+        use_gc: gradient centralization first (default: False).
+
+    Deviations: decoupled weight decay (the authors' code adds L2 to the gradient). The paper's
+    ``eta`` and bias corrections are kept; the authors' code (and ``pytorch_optimizer.AdaMod``)
+    folds ``1 / (1 - b1^t)`` into ``eta`` before averaging and adds ``eps`` to ``sqrt(v)``.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float, float] = (0.9, 0.999, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        use_gc: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_gc=use_gc),
+            chain(centralize("use_gc"), scale_by_adamod(), add_decayed_weights(), scale_by_learning_rate()),
+            maximize=maximize,
+            foreach=foreach,
+            state_dtype=state_dtype,
+        )
+
+
+# ---------------------------------------------------------------------------- diffGrad
+
+
+class DiffGrad(ChainedOptimizer):
+    r"""diffGrad: Adam with a friction coefficient from the change of the gradient (Dubey et al. 2020).
+
+    ::
+
+        xi = sigmoid(|g_{t-1} - g_t|)                 # g_0 = 0
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+        p <- p - lr * (xi * mhat / (sqrt(vhat) + eps) + weight_decay * p)
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-3).
+        betas: ``(b1, b2)`` (default: (0.9, 0.999)).
+        eps: added to ``sqrt(vhat)`` (default: 1e-8).
+        weight_decay: decoupled weight decay (default: 0.0).
+        use_gc: gradient centralization first (default: False).
+
+    Deviation: decoupled weight decay (the paper has none). ``eps`` is added to ``sqrt(vhat)``
+    as in the paper's Algorithm 1 (the authors' code and ``pytorch_optimizer`` add it to
+    ``sqrt(v)``).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        use_gc: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_gc=use_gc),
+            chain(centralize("use_gc"), scale_by_diffgrad(), add_decayed_weights(), scale_by_learning_rate()),
+            maximize=maximize,
+            foreach=foreach,
+            state_dtype=state_dtype,
+        )
+
+
+# ---------------------------------------------------------------------------- Ranger
+
+
+class Ranger(ChainedOptimizer):
+    r"""Ranger: RAdam + Lookahead (+ gradient centralization), after Wright (2019, 2020).
+
+    ::
+
+        g <- g - mean over dims 1..          (use_gc, tensors with 2+ dims; Yong et al. 2020)
+        u = RAdam ratio of g                 (hamopt.transforms.scale_by_radam == torch.optim.RAdam)
+        fast = p - lr * (u + weight_decay * p)
+        if t % k == 0:  phi = phi + alpha (fast - phi);  p <- phi      (Lookahead, phi_0 = p_0)
+        else:           p <- fast
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-3).
+        betas: RAdam's ``(b1, b2)`` (default: (0.95, 0.999), Ranger's).
+        eps: RAdam's epsilon, added to ``sqrt(v)`` (default: 1e-5, Ranger's).
+        weight_decay: decoupled weight decay (default: 0.0).
+        k: Lookahead's synchronisation period (default: 6, Ranger's).
+        alpha: Lookahead's slow-weight step (default: 0.5).
+        use_gc: gradient centralization first (default: True, Ranger 2020).
+
+    Deviations: decoupled weight decay (Ranger adds L2 to the gradient); during RAdam's warm-up
+    (``rho_t <= 5``) the step is ``lr * mhat`` as in ``torch.optim.RAdam``. The step count ``t``
+    is per parameter.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.95, 0.999),
+        eps: float = 1e-5,
+        weight_decay: float = 0.0,
+        k: int = 6,
+        alpha: float = 0.5,
+        use_gc: bool = True,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, k=k, alpha=alpha, use_gc=use_gc),
+            chain(
+                centralize("use_gc"),
+                scale_by_radam(),
+                add_decayed_weights(),
+                scale_by_learning_rate(),
+                lookahead(),
+            ),
+            maximize=maximize,
+            foreach=foreach,
+            state_dtype=state_dtype,
+        )
+
+
+# ---------------------------------------------------------------------------- Sophia
+
+
+def _find(t: Transform, cls: type) -> Any:
+    stack = [t]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, cls):
+            return x
+        stack.extend(x.children())
+    return None
+
+
+class Sophia(ChainedOptimizer):
+    r"""Sophia: clipped momentum preconditioned by a diagonal Hessian estimate (lecture Algorithm 3).
+
+    ::
+
+        m = b1 m + (1 - b1) g
+        if t mod k == 1:  h = b2 h + (1 - b2) hhat       # hhat = Estimator(p); h_{1-k} = 0
+        p <- p - lr * weight_decay * p                   # decoupled weight decay
+        p <- p - lr * clip(m / max(gamma * h, eps), 1)
+
+    Estimators (see :class:`hamopt.transforms.ScaleBySophia`):
+
+    * ``estimator="hutchinson"`` (default, Algorithm 1): ``hhat = u ⊙ (H u)``, ``u ~ N(0, I)``.
+      Call ``loss.backward(create_graph=True); opt.step()``; a missing graph at a refresh step
+      is a ``RuntimeError`` that says so.
+    * ``estimator="gnb"`` (Gauss-Newton-Bartlett, Algorithm 2): ``hhat = B ghat ⊙ ghat`` with
+      ``ghat`` the gradient of the mean of the losses on labels sampled from the model's own
+      output. Call ``loss.backward(); opt.step(closure)`` where ``closure()`` returns those
+      ``B`` losses (``reduction="none"``); it is called only at refresh steps, and ``step``
+      returns their mean then (``None`` otherwise).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-4).
+        betas: ``(b1, b2)``: momentum and Hessian-EMA decays (default: (0.965, 0.99)).
+        gamma: the clipping scale ``gamma`` (default: 0.01).
+        eps: floor of the denominator (default: 1e-12).
+        weight_decay: decoupled weight decay (default: 0.1).
+        k: refresh period of the Hessian estimate (default: 10).
+        estimator: ``"hutchinson"`` or ``"gnb"`` (default: ``"hutchinson"``).
+        use_gc: gradient centralization of ``g`` first (default: False).
+
+    Deviations: none from Algorithm 3. The authors' SophiaG code uses
+    ``sign(m) min(|m| / (gamma B h + eps), 1)``, equal for ``h >= 0``; ours (the lecture's
+    ``max``) also stays a descent step when a Hutchinson estimate is negative.
+    ``step`` is overridden only to hand the GNB closure to the transform.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.965, 0.99),
+        gamma: float = 0.01,
+        eps: float = 1e-12,
+        weight_decay: float = 0.1,
+        k: int = 10,
+        estimator: str = "hutchinson",
+        use_gc: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, gamma=gamma, eps=eps, weight_decay=weight_decay, k=k, use_gc=use_gc),
+            chain(centralize("use_gc"), scale_by_sophia(estimator), add_decayed_weights(), scale_by_learning_rate()),
+            maximize=maximize,
+            foreach=foreach,
+            state_dtype=state_dtype,
+        )
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One step. Hutchinson: ``closure`` as for any optimizer (it must call
+        ``backward(create_graph=True)``). GNB: ``closure`` returns the sampled-label losses and
+        is called only when the Hessian estimate is refreshed; their mean is returned then."""
+        sophia = _find(self.transform, ScaleBySophia)
+        if sophia is None or sophia.estimator != "gnb":
+            return super().step(closure)
+        with sophia.bind_closure(closure):
+            super().step(None)
+        return sophia.take_loss()
+
+
+# ---------------------------------------------------------------------------- Lookahead
+
+
+_LOW = (torch.bfloat16, torch.float16)
+_HOOK_DICTS = (
+    "_optimizer_step_pre_hooks",
+    "_optimizer_step_post_hooks",
+    "_optimizer_state_dict_pre_hooks",
+    "_optimizer_state_dict_post_hooks",
+    "_optimizer_load_state_dict_pre_hooks",
+    "_optimizer_load_state_dict_post_hooks",
+)
+
+
+class Lookahead(torch.optim.Optimizer):
+    r"""Lookahead around any optimizer (Zhang et al. 2019, Algorithm 1).
+
+    ::
+
+        phi = p_0                                  (slow weights, at the parameter's first step)
+        every step:      p <- base_optimizer.step(p)          (fast weights)
+        every k steps:   phi <- phi + alpha * (p - phi);  p <- phi
+
+    The base optimizer is ``self.base_optimizer`` (ours or torch's); ``param_groups`` are the
+    base's own list, so LR schedulers, ``add_param_group`` and per-group hyperparameters work
+    through the wrapper. The slow weights live in ``self.state[p]["slow_param"]`` (float32 for
+    bf16/fp16 parameters unless ``state_dtype`` says otherwise), so ``hamopt.state_bytes``
+    counts them. ``state_dict`` holds the base's state dict, the slow weights and the step
+    count; a resumed run continues bit-for-bit.
+
+    Args:
+        base_optimizer: the inner optimizer (any ``torch.optim.Optimizer``).
+        k: synchronisation period (default: 5).
+        alpha: slow-weight step size in ``[0, 1]`` (default: 0.5).
+        state_dtype: dtype of the slow weights (default: the parameter's, float32 for bf16/fp16).
+
+    The step count is one for the whole wrapper (the paper's ``k`` inner steps); a parameter
+    without a gradient at some steps still synchronises at multiples of ``k``. ``step(closure)``
+    passes the closure to the base optimizer.
+    """
+
+    def __init__(
+        self,
+        base_optimizer: torch.optim.Optimizer,
+        k: int = 5,
+        alpha: float = 0.5,
+        *,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        if not isinstance(base_optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"Lookahead wraps a torch.optim.Optimizer, got {type(base_optimizer).__name__}: {base_optimizer!r}"
+            )
+        V.check_positive_int("k", k)
+        V.check_range("alpha", alpha, 0.0, 1.0)
+        if state_dtype is not None and not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
+            raise ValueError(f"Invalid state_dtype: {state_dtype!r} (expected a floating torch.dtype or None)")
+        self.base_optimizer = base_optimizer
+        self.k, self.alpha, self.state_dtype = k, float(alpha), state_dtype
+        self.lookahead_step = 0
+        self.defaults = base_optimizer.defaults
+        self.state: defaultdict[Tensor, Any] = defaultdict(dict)
+        self._init_hooks()
+
+    def _init_hooks(self) -> None:
+        for name in _HOOK_DICTS:
+            if name not in self.__dict__:
+                setattr(self, name, OrderedDict())
+        self._patch_step_function()
+
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.base_optimizer.param_groups
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "base_optimizer": self.base_optimizer,
+            "k": self.k,
+            "alpha": self.alpha,
+            "state_dtype": self.state_dtype,
+            "lookahead_step": self.lookahead_step,
+            "defaults": self.defaults,
+            "state": self.state,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_hooks()
+
+    def __repr__(self) -> str:
+        return f"Lookahead(k={self.k}, alpha={self.alpha}, base_optimizer={self.base_optimizer!r})"
+
+    def _slow_dtype(self, p: Tensor) -> torch.dtype:
+        if self.state_dtype is not None:
+            return self.state_dtype
+        return torch.float32 if p.dtype in _LOW else p.dtype
+
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.base_optimizer.add_param_group(param_group)
+
+    @torch.compiler.disable
+    def _snapshot(self, closure_given: bool) -> dict[Tensor, Tensor]:
+        """Slow weights for parameters that have a gradient and none yet; with a closure, also
+        provisional copies of parameters whose gradient the closure may create."""
+        pending: dict[Tensor, Tensor] = {}
+        with torch.no_grad():
+            for p in self._params():
+                if "slow_param" in self.state.get(p, {}):
+                    continue
+                if p.grad is not None:
+                    self.state[p]["slow_param"] = p.detach().to(self._slow_dtype(p), copy=True)
+                elif closure_given and p.requires_grad:
+                    pending[p] = p.detach().to(self._slow_dtype(p), copy=True)
+        return pending
+
+    @torch.compiler.disable
+    def _after_step(self, pending: dict[Tensor, Tensor]) -> None:
+        for p, slow in pending.items():
+            if p.grad is not None:
+                self.state[p]["slow_param"] = slow
+        self.lookahead_step += 1
+        if self.lookahead_step % self.k == 0:
+            self.sync()
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """``phi <- phi + alpha (p - phi);  p <- phi`` for every parameter with slow weights."""
+        buckets: dict[tuple[Any, ...], tuple[list[Tensor], list[Tensor]]] = {}
+        for p in self._params():
+            st = self.state.get(p)
+            if not st or "slow_param" not in st:
+                continue
+            slow = st["slow_param"]
+            ps, ss = buckets.setdefault((p.device, p.dtype, slow.dtype), ([], []))
+            ps.append(p)
+            ss.append(slow)
+        for ps, ss in buckets.values():
+            fast = [p.detach() if p.dtype == s.dtype else p.detach().to(s.dtype) for p, s in zip(ps, ss)]
+            torch._foreach_lerp_(ss, fast, self.alpha)
+            torch._foreach_copy_([p.detach() for p in ps], ss)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One base-optimizer step; every ``k``-th step also synchronises the slow weights."""
+        pending = self._snapshot(closure is not None)
+        loss = self.base_optimizer.step(closure) if closure is not None else self.base_optimizer.step()
+        self._after_step(pending)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """``{"base_optimizer": ..., "state": {index: {"slow_param": ...}}, "lookahead": {...}}``
+        with parameters numbered across groups in order, as torch does."""
+        index = {id(p): i for i, p in enumerate(self._params())}
+        slow = {index[id(p)]: {"slow_param": st["slow_param"]}
+                for p, st in self.state.items() if id(p) in index and "slow_param" in st}
+        return {
+            "base_optimizer": self.base_optimizer.state_dict(),
+            "state": slow,
+            "lookahead": {"k": self.k, "alpha": self.alpha, "step": self.lookahead_step},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        for key in ("base_optimizer", "state", "lookahead"):
+            if key not in state_dict:
+                raise ValueError(f"Not a Lookahead state dict: missing {key!r} (keys: {sorted(state_dict)})")
+        params = self._params()
+        saved = state_dict["state"]
+        bad = [i for i in saved if not (isinstance(i, int) and 0 <= i < len(params))]
+        if bad:
+            raise ValueError(f"Lookahead state dict refers to parameters {bad} but the optimizer has {len(params)}")
+        la = state_dict["lookahead"]
+        V.check_positive_int("k", la["k"])
+        V.check_range("alpha", la["alpha"], 0.0, 1.0)
+        for i, st in saved.items():
+            if st["slow_param"].shape != params[i].shape:
+                raise ValueError(f"Slow weights of parameter {i} have shape {tuple(st['slow_param'].shape)}, "
+                                 f"the parameter {tuple(params[i].shape)}")
+        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
+        self.k, self.alpha, self.lookahead_step = la["k"], float(la["alpha"]), int(la["step"])
+        self.state = defaultdict(dict)
+        for i, st in saved.items():
+            p = params[i]
+            self.state[p]["slow_param"] = st["slow_param"].to(device=p.device, copy=True)
+
+
+def _lookahead_factory(params: Any, base: str | type = "adamw", k: int = 5, alpha: float = 0.5,
+                       **base_kwargs: Any) -> Lookahead:
+    """``Lookahead(create(base, params, **base_kwargs), k, alpha)``; ``base`` is a registry name
+    or an optimizer class."""
+    inner = create(base, params, **base_kwargs) if isinstance(base, str) else base(params, **base_kwargs)
+    return Lookahead(inner, k=k, alpha=alpha)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def scale_lr(lr: float, base_batch: int, new_batch: int, rule: str = "linear") -> float:
+    """The lecture's learning rate for a new batch size.
+
+    ``rule="linear"``: ``lr * new_batch / base_batch`` (keep the update per sample: Goyal et al.
+    2017). ``rule="sqrt"``: ``lr * sqrt(new_batch / base_batch)`` (keep the variance of the
+    update: Hoffer et al. 2017).
+
+        >>> scale_lr(0.1, 256, 1024), scale_lr(0.1, 256, 1024, rule="sqrt")
+        (0.4, 0.2)
+
+    Raises:
+        ValueError: a negative or non-finite ``lr``, a batch size that is not a positive
+            integer, or an unknown ``rule``.
+    """
+    V.check_lr(lr)
+    V.check_positive_int("base_batch", base_batch)
+    V.check_positive_int("new_batch", new_batch)
+    V.check_choice("rule", rule, ("linear", "sqrt"))
+    ratio = new_batch / base_batch
+    return float(lr) * (ratio if rule == "linear" else math.sqrt(ratio))
+
+
+def with_centralization(optimizer: ChainedOptimizer) -> ChainedOptimizer:
+    """Put gradient centralization in front of a hamopt optimizer's chain (in place; returns it).
+
+    Works for every :class:`~hamopt.core.optimizer.ChainedOptimizer` (all of hamopt's own
+    optimizers); centralization keeps no state, so this can be done at any time.
+    """
+    if not isinstance(optimizer, ChainedOptimizer):
+        raise TypeError(
+            f"with_centralization needs a hamopt ChainedOptimizer, got {type(optimizer).__name__}; "
+            "for your own chain put hamopt.transforms.centralize() first"
+        )
+    optimizer.transform = chain(centralize(), optimizer.transform)
+    return optimizer
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def _k(c: int) -> Callable[[tuple[int, ...]], int]:
+    return lambda shape: c * numel(shape)
+
+
+register(OptimizerInfo(
+    name="signsgd", factory=SignSGD,
+    paper=f"Bernstein, Wang, Azizzadenesheli and Anandkumar, signSGD, ICML 2018, arXiv:1802.04434; {LECTURE}",
+    family="lecture", defaults=dict(lr=1e-3, momentum=0.0, weight_decay=0.0),
+    memory="0 (mn with momentum > 0: Signum)", state_numel=lambda shape: 0,
+    summary="sign of the gradient; momentum > 0 gives Signum (sign of an EMA)",
+    sign_based=True, test_lr=0.01,
+    bad_inputs=[(dict(momentum=1.0), "Invalid momentum: 1.0")],
+))
+register(OptimizerInfo(
+    name="adamod", factory=AdaMod,
+    paper=f"Ding, Ren, Luo and Sun, An Adaptive and Momental Bound Method for Stochastic Learning, "
+          f"arXiv:1910.12249, Algorithm 1; {LECTURE}",
+    family="lecture", defaults=dict(lr=1e-3, betas=(0.9, 0.999, 0.999), eps=1e-8, weight_decay=0.0),
+    memory="3mn", state_numel=_k(3),
+    summary="Adam whose per-coordinate step is bounded by its own long-term average",
+    test_lr=0.1,
+))
+register(OptimizerInfo(
+    name="diffgrad", factory=DiffGrad,
+    paper=f"Dubey et al., diffGrad, IEEE TNNLS 2020, arXiv:1909.11015; {LECTURE}",
+    family="lecture", defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+    memory="3mn", state_numel=_k(3),
+    summary="Adam times sigmoid(|g_{t-1} - g_t|): slows down where the gradient stops changing",
+    test_lr=0.05,
+))
+register(OptimizerInfo(
+    name="lookahead", factory=_lookahead_factory,
+    paper=f"Zhang, Lucas, Hinton and Ba, Lookahead Optimizer: k steps forward, 1 step back, NeurIPS 2019, "
+          f"arXiv:1907.08610; {LECTURE}",
+    family="lecture",
+    defaults=dict(base="adamw", k=5, alpha=0.5, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
+    memory="3mn (AdamW's 2mn + slow weights mn)", state_numel=_k(3),
+    summary="slow weights around any optimizer (here hamopt.create(base), default torch AdamW)",
+    test_lr=0.05,
+    bad_inputs=[(dict(k=0), "Invalid k: 0"), (dict(alpha=1.5), "Invalid alpha: 1.5")],
+))
+register(OptimizerInfo(
+    name="ranger", factory=Ranger,
+    paper=f"Wright, Ranger (2019/2020) = RAdam (Liu et al., ICLR 2020) + Lookahead (Zhang et al., NeurIPS 2019) "
+          f"+ gradient centralization (Yong et al., ECCV 2020); {LECTURE}",
+    family="lecture",
+    defaults=dict(lr=1e-3, betas=(0.95, 0.999), eps=1e-5, weight_decay=0.0, k=6, alpha=0.5, use_gc=True),
+    memory="3mn", state_numel=_k(3),
+    summary="RAdam + Lookahead (+ gradient centralization)",
+    test_lr=0.05,
+    bad_inputs=[(dict(k=0), "Invalid k: 0"), (dict(alpha=1.5), "Invalid alpha: 1.5")],
+))
+register(OptimizerInfo(
+    name="sophia", factory=Sophia,
+    paper=f"Liu, Li, Hall, Liang and Ma, Sophia: A Scalable Stochastic Second-order Optimizer for Language "
+          f"Model Pre-training, ICLR 2024, arXiv:2305.14342, Algorithm 3; {LECTURE}",
+    family="lecture",
+    defaults=dict(lr=1e-4, betas=(0.965, 0.99), gamma=0.01, eps=1e-12, weight_decay=0.1, k=10,
+                  estimator="hutchinson"),
+    memory="2mn", state_numel=_k(2),
+    summary="clipped momentum over a diagonal Hessian estimate (Hutchinson or GNB) refreshed every k steps",
+    needs_hessian=True, step_needs="graph", test_lr=0.05,
+    bad_inputs=[(dict(k=0), "Invalid k: 0"), (dict(gamma=0.0), "Invalid gamma: 0.0"),
+                (dict(estimator="newton"), "Invalid estimator: 'newton'")],
+))
