@@ -39,7 +39,8 @@ from torch import Tensor
 
 from ..core import ops
 from ..core import validation as V
-from ..core.transform import StepContext, Transform, bias_correction, state_like
+from ..core.optimizer import ChainedOptimizer
+from ..core.transform import Chain, StepContext, Transform, bias_correction, state_like
 
 __all__ = [
     "AddDecayedWeightsAfterStep",
@@ -47,6 +48,8 @@ __all__ = [
     "ScaleByAms",
     "add_decayed_weights_after_step",
     "check_ams_betas",
+    "make_cautious",
+    "make_grams",
     "scale_by_adam_moments",
     "scale_by_ams",
     "scale_by_cautious",
@@ -298,3 +301,36 @@ def scale_by_grams() -> ScaleByAms:
 def add_decayed_weights_after_step() -> AddDecayedWeightsAfterStep:
     """See :class:`AddDecayedWeightsAfterStep`."""
     return AddDecayedWeightsAfterStep()
+
+
+def _insert_mask(optimizer: ChainedOptimizer, mask: Transform) -> ChainedOptimizer:
+    from .common import AddDecayedWeights, ScaleByLearningRate
+
+    if any(len(s) for s in optimizer.state.values()):
+        raise RuntimeError("insert the mask before the first step (the optimizer already has state)")
+    ts = list(optimizer.transform.children()) if isinstance(optimizer.transform, Chain) else [optimizer.transform]
+    tail = (AddDecayedWeights, ScaleByLearningRate, AddDecayedWeightsAfterStep)
+    at = next((i for i, t in enumerate(ts) if isinstance(t, tail)), None)
+    if at is None:
+        raise ValueError(f"{type(optimizer).__name__}'s chain has no add_decayed_weights/scale_by_learning_rate "
+                         "to put the mask in front of")
+    optimizer.transform = Chain(*ts[:at], mask, *ts[at:])
+    for group in optimizer.param_groups:
+        optimizer.transform.validate(group)
+    return optimizer
+
+
+def make_cautious(optimizer: ChainedOptimizer) -> ChainedOptimizer:
+    """Make any chained optimizer cautious, in place (before its first step).
+
+    Inserts :func:`scale_by_cautious` in front of the chain's weight decay / learning rate,
+    so the base direction ``u`` becomes ``u * 1[u*g >= 0] * d / ||1[u*g >= 0]||_1``::
+
+        opt = make_cautious(hamopt.HFac(model.parameters(), lr=1e-3))
+    """
+    return _insert_mask(optimizer, scale_by_cautious())
+
+
+def make_grams(optimizer: ChainedOptimizer) -> ChainedOptimizer:
+    """Give any chained optimizer the Grams sign swap ``u -> sign(g) |u|``, in place."""
+    return _insert_mask(optimizer, scale_by_grams())
