@@ -20,9 +20,16 @@ from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import chain
 from ..registry import OptimizerInfo, matrix_dims, numel, register
 from ..transforms.adadiag import rotation_mode, scale_by_svd_rotation
-from ..transforms.common import add_decayed_weights, scale_by_adam, scale_by_learning_rate
+from ..transforms.common import (
+    add_decayed_weights,
+    clip_by_rms,
+    scale_by_adam,
+    scale_by_ema,
+    scale_by_learning_rate,
+)
+from ..transforms.factored import scale_by_factored_rms
 
-__all__ = ["AdaDiag"]
+__all__ = ["AdaDiag", "AdafacDiag"]
 
 PAPER = (
     "Improving Adaptive Moment Optimization via Preconditioner Diagonalization "
@@ -104,6 +111,75 @@ class AdaDiag(ChainedOptimizer):
         )
 
 
+class AdafacDiag(ChainedOptimizer):
+    r"""AdafacDiag / AdafacDiag++: Adafactor in the basis of a periodic SVD (seed 001, App. A, Alg. 3).
+
+    For a parameter with matrix view ``W`` (``m x n``; for ``m > n`` the rule is applied to
+    ``W^T``), with the bias-corrected decays ``b_t = b (1 - b^(t-1)) / (1 - b^t)``::
+
+        if t == first_svd_step or (t > first_svd_step and t % svd_interval == 0):
+            P, _, Q^T = svd(G_t)                                   # else keep P, Q
+        G~ = P^T G           (two_sided: G~ = P^T G Q;  before first_svd_step: G~ = G)
+        r  = b2_t r + (1 - b2_t) (G~^2 + eps) 1_n
+        s  = b2_t s + (1 - b2_t) (G~^2 + eps)^T 1_m
+        V  = r s^T / (1_m^T r)
+        M  = b1_t M + (1 - b1_t) clip_d(G~ / sqrt(V))       # b1 = 0: M = clip_d(...), no buffer
+        D  = P M             (two_sided: D = P M Q^T;      before first_svd_step: D = M)
+        W <- W - lr (D + weight_decay W)
+
+    with ``clip_d(U) = U / max(1, RMS(U) / d)`` and ``d = clip_threshold``. 0-d, 1-d and
+    zero-size parameters use the unfactored, unrotated rule (``V = EMA(G^2 + eps)``).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default: 1e-3).
+        betas: ``(b1, b2)``; ``b1 > 0`` is "with momentum" (default: (0.0, 0.999)).
+        eps: added to ``G~^2`` (default: 1e-30).
+        weight_decay: decoupled weight decay (default: 0.0).
+        clip_threshold: ``d`` of the update clipping, ``None`` to disable (default: 1.0).
+        svd_interval, two_sided, first_svd_step, max_precond_dim, rotate_momentum: as for
+            :class:`AdaDiag` (defaults 500, False, None, 10000, False).
+        maximize, foreach, state_dtype: see :class:`hamopt.ChainedOptimizer`.
+
+    State per matrix (Table 3, one-sided): ``m^2 + m + n`` without momentum,
+    ``m^2 + mn + m + n`` with; two-sided adds ``n^2``.
+
+    Conventions: as :class:`AdaDiag` (deterministic SVD signs and completion; matrix view
+    for conv kernels). The paper's Algorithm 3 is stated one-sided; the two-sided variant
+    rotates ``P^T G Q`` exactly as AdaDiag++.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.0, 0.999),
+        eps: float = 1e-30,
+        weight_decay: float = 0.0,
+        clip_threshold: float | None = 1.0,
+        svd_interval: int = 500,
+        two_sided: bool = False,
+        first_svd_step: int | None = None,
+        *,
+        max_precond_dim: int = 10000,
+        rotate_momentum: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        inner = chain(scale_by_factored_rms(), clip_by_rms(), scale_by_ema(corrected=True))
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold,
+                 svd_interval=svd_interval, two_sided=two_sided, first_svd_step=first_svd_step,
+                 max_precond_dim=max_precond_dim, rotate_momentum=rotate_momentum),
+            chain(scale_by_svd_rotation(inner), add_decayed_weights(), scale_by_learning_rate()),
+            maximize=maximize,
+            foreach=foreach,
+            state_dtype=state_dtype,
+        )
+
+
 # ---------------------------------------------------------------------- registry
 def basis_numel(shape: tuple[int, ...], two_sided: bool, max_precond_dim: int = 10000) -> int:
     """Elements of the rotation bases kept for a parameter of ``shape`` (fallbacks included)."""
@@ -117,6 +193,16 @@ def basis_numel(shape: tuple[int, ...], two_sided: bool, max_precond_dim: int = 
 
 def _adadiag_numel(two_sided: bool) -> Callable[[tuple[int, ...]], int]:
     return lambda shape: basis_numel(shape, two_sided) + 2 * numel(shape)
+
+
+def _factored_numel(shape: tuple[int, ...]) -> int:
+    dims = matrix_dims(shape)
+    return numel(shape) if dims is None else dims[0] + dims[1]
+
+
+def _adafacdiag_numel(two_sided: bool) -> Callable[[tuple[int, ...]], int]:
+    # registry defaults: betas[0] = 0, no momentum buffer (with momentum add numel(shape))
+    return lambda shape: basis_numel(shape, two_sided) + _factored_numel(shape)
 
 
 _TEST_KWARGS = dict(svd_interval=3)
@@ -145,6 +231,36 @@ register(OptimizerInfo(
     memory="(m+n)^2 (side > 10000: one-sided m^2 + 2mn; vectors: 2n)",
     state_numel=_adadiag_numel(True),
     summary="Adam in the two-sided basis P^T G Q of a periodic SVD of the gradient",
+    needs_svd=True,
+    test_lr=0.05,
+    test_kwargs=_TEST_KWARGS,
+))
+register(OptimizerInfo(
+    name="adafacdiag",
+    factory=AdafacDiag,
+    paper=PAPER + ", Appendix A, Algorithm 3 (one-sided)",
+    family="adadiag",
+    defaults=dict(lr=1e-3, betas=(0.0, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0,
+                  svd_interval=500, two_sided=False, first_svd_step=None),
+    memory="m^2 + m + n (with momentum betas[0] > 0: m^2 + mn + m + n; vectors: n)",
+    state_numel=_adafacdiag_numel(False),
+    summary="Adafactor in the one-sided basis of a periodic SVD of the gradient",
+    factored=True,
+    needs_svd=True,
+    test_lr=0.05,
+    test_kwargs=_TEST_KWARGS,
+))
+register(OptimizerInfo(
+    name="adafacdiag++",
+    factory=AdafacDiag,
+    paper=PAPER + ", Appendix A, Algorithm 3 (two-sided)",
+    family="adadiag",
+    defaults=dict(lr=1e-3, betas=(0.0, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0,
+                  svd_interval=500, two_sided=True, first_svd_step=None),
+    memory="m^2 + n^2 + m + n (with momentum: + mn; side > 10000: one-sided; vectors: n)",
+    state_numel=_adafacdiag_numel(True),
+    summary="Adafactor in the two-sided basis P^T G Q of a periodic SVD of the gradient",
+    factored=True,
     needs_svd=True,
     test_lr=0.05,
     test_kwargs=_TEST_KWARGS,

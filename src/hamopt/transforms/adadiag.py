@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from ..core import validation as V
-from ..core.transform import StepContext, Transform, as_matrix
+from ..core.transform import Chain, StepContext, Transform, as_matrix
 from .common import AddDecayedWeights
 
 __all__ = ["ScaleBySvdRotation", "rotation_mode", "scale_by_svd_rotation"]
@@ -251,7 +251,9 @@ class ScaleBySvdRotation(Transform):
             self.inner.init(param, state, group)
 
     def children(self) -> Sequence[Transform]:
-        return (self.inner,)
+        # A chain's own state_keys repeat its members'; listing the members (not the chain)
+        # keeps chain()'s clash check from seeing each key twice.
+        return self.inner.transforms if isinstance(self.inner, Chain) else (self.inner,)
 
     # ------------------------------------------------------------------ the step
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
