@@ -210,7 +210,8 @@ def test_closure(info: OptimizerInfo) -> None:
         return loss
 
     returned = opt.step(closure)
-    assert isinstance(returned, torch.Tensor) and float(returned) == pytest.approx(float(_noisy_loss(ps2, 0)))
+    assert isinstance(returned, torch.Tensor)
+    assert float(returned.detach()) == pytest.approx(float(_noisy_loss(ps2, 0).detach()))
     backward(info, _noisy_loss(ps2, 0))
     opt2.step()
     for a, b in zip(ps, ps2):
