@@ -76,25 +76,68 @@ def _check_factored(group: Mapping[str, Any]) -> None:
         raise ValueError(f"Invalid factored: {f!r} (expected True or False)")
 
 
-def row_col_sums(mats: Sequence[Tensor], square: bool = False) -> tuple[list[Tensor], list[Tensor]]:
-    """Row sums ``X 1_n`` and column sums ``X^T 1_m`` of each ``m x n`` matrix (of ``X^2``
-    with ``square=True``), as fresh tensors of shapes ``(m,)`` and ``(n,)``.
+def row_col_sums(x: Tensor, square: bool = False) -> tuple[Tensor, Tensor]:
+    """Row sums ``X 1_n`` and column sums ``X^T 1_m`` of a matrix ``X`` (``m x n``) or of a
+    stack of them (``k x m x n``, giving ``k x m`` and ``k x n``); of ``X^2`` with ``square=True``.
 
     The one place the factored transforms reduce over matrix entries (zero-size matrices
     give zero sums).
     """
-    rows: list[Tensor] = []
-    cols: list[Tensor] = []
-    for x in mats:
-        y = x * x if square else x
-        rows.append(y.sum(dim=1))
-        cols.append(y.sum(dim=0))
-    return rows, cols
+    if square:
+        return (torch.linalg.vector_norm(x, dim=-1).square_(),
+                torch.linalg.vector_norm(x, dim=-2).square_())
+    return x.sum(dim=-1), x.sum(dim=-2)
 
 
-def vector_sums(vs: Sequence[Tensor]) -> list[Tensor]:
-    """``1^T r`` for each vector ``r`` (0-d tensors)."""
-    return [v.sum() for v in vs]
+def vector_sums(v: Tensor) -> Tensor:
+    """``1^T r`` of a vector ``r`` (or of each row of a stack ``k x m``, kept as ``k x 1``)."""
+    return v.sum(dim=-1, keepdim=True)
+
+
+def _per_row(values: Sequence[Any], like: Tensor) -> Any:
+    """One number per stacked matrix: a Python scalar when they are all equal, else a
+    ``k x 1 (x 1)`` tensor broadcasting over ``like`` (``k x ...``)."""
+    if not any(isinstance(v, Tensor) for v in values) and all(v == values[0] for v in values):
+        return values[0]
+    col = torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in values])
+    return col.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _stack(xs: Sequence[Tensor]) -> Tensor:
+    """``k x ...`` stack (a view, not a copy, when ``k = 1``, so in-place updates reach ``xs[0]``)."""
+    return xs[0].unsqueeze(0) if len(xs) == 1 else torch.stack(list(xs))
+
+
+def _unstack_(dst: list[Tensor], src: Tensor) -> None:
+    """Write a stacked state back to the per-parameter tensors (nothing to do for a view)."""
+    if len(dst) > 1:
+        torch._foreach_copy_(dst, list(src.unbind(0)))
+
+
+def _groups(ctx: StepContext, fac: list[int]) -> list[tuple[int, ...]]:
+    """Factored parameters grouped by matrix shape (``foreach``) or one by one."""
+    if not ctx.foreach:
+        return [(i,) for i in fac]
+    by: dict[tuple[int, ...], list[int]] = {}
+    for i in fac:
+        by.setdefault(tuple(as_matrix(ctx.grads[i]).shape), []).append(i)
+    return [tuple(v) for v in by.values()]
+
+
+def _stacked_grads(ctx: StepContext, js: tuple[int, ...]) -> Tensor:
+    """``k x m x n`` stack of the gradients at ``js``, made once per step and chain."""
+    key = ("factored_stack", js)
+    hit = ctx.scratch.get(key)
+    if hit is not None and hit[0] is ctx.grads:
+        return hit[1]
+    st = _stack([as_matrix(ctx.grads[i]) for i in js])
+    ctx.scratch[key] = (ctx.grads, st)
+    return st
+
+
+def _unstacked(st: Tensor, js: tuple[int, ...], like: Sequence[Tensor]) -> list[tuple[int, Tensor]]:
+    """``(index, view)`` pairs of a ``k x m x n`` stack in the shapes of ``like``."""
+    return [(i, x if like[i].dim() == 2 else x.view(like[i].shape)) for i, x in zip(js, st.unbind(0))]
 
 
 def _decays(beta: Any, steps: Sequence[Any], corrected: bool) -> list[Any]:
@@ -123,14 +166,6 @@ def _binary(xs: Sequence[Tensor], ys: Sequence[Tensor], op: str, foreach: bool) 
     if foreach:
         return list(getattr(torch, f"_foreach_{op}")(list(xs), list(ys)))
     return [getattr(torch, op)(x, y) for x, y in zip(xs, ys)]
-
-
-def _rsqrt(xs: Sequence[Tensor], foreach: bool) -> list[Tensor]:
-    if not xs:
-        return []
-    if foreach:
-        return list(torch._foreach_rsqrt(list(xs)))
-    return [torch.rsqrt(x) for x in xs]
 
 
 def _split(ctx: StepContext, key: str) -> tuple[list[int], list[int]]:
@@ -196,25 +231,27 @@ class ScaleByFactoredRms(Transform):
         fac, full = _split(ctx, "v_row")
         out: list[Tensor] = list(updates)
         f = ctx.foreach
-        if fac:
-            gs = [as_matrix(ctx.grads[i]) for i in fac]
-            rows, cols = row_col_sums(gs, square=True)
-            ops.add_(rows, [eps * g.shape[1] for g in gs], f)  # (G^2 + eps) 1_n
-            ops.add_(cols, [eps * g.shape[0] for g in gs], f)  # (G^2 + eps)^T 1_m
-            r = [ctx.states[i]["v_row"] for i in fac]
-            s = [ctx.states[i]["v_col"] for i in fac]
-            d = [decays[i] for i in fac]
-            _ema_(r, rows, d, f)
-            _ema_(s, cols, d, f)
+        for js in _groups(ctx, fac):
+            g = _stacked_grads(ctx, js)  # k x m x n (a view when k = 1)
+            m, n = g.shape[1], g.shape[2]
+            rows, cols = row_col_sums(g, square=True)
+            rows.add_(eps * n)  # (G^2 + eps) 1_n
+            cols.add_(eps * m)  # (G^2 + eps)^T 1_m
+            rs = [ctx.states[i]["v_row"] for i in js]
+            ss = [ctx.states[i]["v_col"] for i in js]
+            r, s = _stack(rs), _stack(ss)
+            w = _per_row([1.0 - decays[i] for i in js], r)
+            r.lerp_(rows, w)
+            s.lerp_(cols, w)
+            _unstack_(rs, r)
+            _unstack_(ss, s)
             # 1 / sqrt(V_ij) = sqrt(1^T r) / sqrt(r_i) / sqrt(s_j)
-            rr = _rsqrt(r, f)
-            ops.mul_(rr, [t.sqrt() for t in vector_sums(r)], f)
-            cc = _rsqrt(s, f)
-            us = [as_matrix(updates[i]) for i in fac]
-            o = _binary(us, [x.unsqueeze(1) for x in rr], "mul", f)
-            ops.mul_(o, [x.unsqueeze(0) for x in cc], f)
-            for i, x in zip(fac, o):
-                out[i] = x.view(updates[i].shape)
+            rr = r.rsqrt().mul_(vector_sums(r).sqrt_())
+            u = g if updates is ctx.grads else _stack([as_matrix(updates[i]) for i in js])
+            o = u * rr.unsqueeze(2)
+            o.mul_(s.rsqrt().unsqueeze(1))
+            for i, x in _unstacked(o, js, updates):
+                out[i] = x
         if full:
             gs = [ctx.grads[i] for i in full]
             v = [ctx.states[i]["v_full"] for i in full]
@@ -329,6 +366,23 @@ class FactoredMomentum(Transform):
             ops.mul_(terms, decays, f)
         return terms
 
+    def _terms_stacked(self, bufs: list[Tensor], means: Tensor, decays: list[Any], b2: Any,
+                       corrected: bool) -> Tensor:
+        buf = _stack(bufs)
+        w = _per_row([1.0 - d for d in decays], buf)
+        if self.state_index is None:
+            buf.lerp_(means, w)
+            term = buf - means if corrected else buf.clone()
+        else:
+            term = torch.lerp(buf, means, w)
+            if corrected:
+                term.sub_(means)
+            buf.lerp_(means, 1.0 - b2)
+        _unstack_(bufs, buf)
+        if self.scale_by_beta:
+            term.mul_(_per_row(decays, term))
+        return term
+
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         f = ctx.foreach
         b = _beta(ctx.group, self.hp, self.index)
@@ -336,23 +390,23 @@ class FactoredMomentum(Transform):
         corrected = bool(ctx.group.get("corrected", True))
         decays = _decays(b, ctx.steps, self.corrected_decay)
         fac, full = _split(ctx, "mom_row")
-        terms: list[tuple[Tensor, Tensor]] = [None] * len(updates)  # type: ignore[list-item]
-        if fac:
-            gs = [as_matrix(ctx.grads[i]) for i in fac]
-            rows, cols = row_col_sums(gs)
-            ops.div_(rows, [max(g.shape[1], 1) for g in gs], f)
-            ops.div_(cols, [max(g.shape[0], 1) for g in gs], f)
-            d = [decays[i] for i in fac]
-            a = self._terms([ctx.states[i]["mom_row"] for i in fac], rows, d, b2, corrected, f)
-            c = self._terms([ctx.states[i]["mom_col"] for i in fac], cols, d, b2, corrected, f)
-            for i, x, y in zip(fac, a, c):
-                terms[i] = (x, y)
+        groups: list[tuple[tuple[int, ...], Tensor, Tensor]] = []
+        for js in _groups(ctx, fac):
+            g = _stacked_grads(ctx, js)
+            m, n = g.shape[1], g.shape[2]
+            rows, cols = row_col_sums(g)
+            rows.div_(max(n, 1))  # G 1_n / n
+            cols.div_(max(m, 1))  # G^T 1_m / m
+            d = [decays[i] for i in js]
+            a = self._terms_stacked([ctx.states[i]["mom_row"] for i in js], rows, d, b2, corrected)
+            c = self._terms_stacked([ctx.states[i]["mom_col"] for i in js], cols, d, b2, corrected)
+            groups.append((js, a, c))
+        fulls: dict[int, Tensor] = {}
         if full:
-            m = self._terms([ctx.states[i]["mom_full"] for i in full], [ctx.grads[i] for i in full],
-                            [decays[i] for i in full], b2, corrected, f)
-            for i, x in zip(full, m):
-                terms[i] = (x, x)
-        ctx.scratch[MOMENTUM_TERMS] = terms
+            m_ = self._terms([ctx.states[i]["mom_full"] for i in full], [ctx.grads[i] for i in full],
+                             [decays[i] for i in full], b2, corrected, f)
+            fulls = dict(zip(full, m_))
+        ctx.scratch[MOMENTUM_TERMS] = (ctx.grads, groups, fulls)
         return updates
 
     def __repr__(self) -> str:
@@ -360,23 +414,13 @@ class FactoredMomentum(Transform):
                 f"corrected_decay={self.corrected_decay}, scale_by_beta={self.scale_by_beta})")
 
 
-def _broadcast_terms(ctx: StepContext) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[int]]:
-    """The grads as matrices with ``a`` shaped as a column and ``b`` as a row (full terms as is)."""
-    terms = ctx.scratch.get(MOMENTUM_TERMS)
-    if terms is None or len(terms) != len(ctx.grads):
+def _momentum_terms(ctx: StepContext) -> tuple[list[tuple[tuple[int, ...], Tensor, Tensor]], dict[int, Tensor]]:
+    """What :class:`FactoredMomentum` left for this chain: stacked ``(a, b)`` per shape group
+    (``k x m`` and ``k x n``) and the full ``M~`` of the unfactored parameters."""
+    hit = ctx.scratch.get(MOMENTUM_TERMS)
+    if hit is None or hit[0] is not ctx.grads:
         raise RuntimeError("a factored reshaper needs factored_momentum() earlier in the same chain")
-    gs, cols, rows, fac = [], [], [], []
-    for i, (g, (a, b)) in enumerate(zip(ctx.grads, terms)):
-        if a is b:  # unfactored fallback: M~ for both terms
-            gs.append(g)
-            cols.append(a)
-            rows.append(b)
-        else:
-            gs.append(as_matrix(g))
-            cols.append(a.unsqueeze(1))
-            rows.append(b.unsqueeze(0))
-            fac.append(i)
-    return gs, cols, rows, fac
+    return hit[1], hit[2]
 
 
 # ---------------------------------------------------------------------------- reshapers
@@ -409,11 +453,24 @@ class ScaleByFactoredPhiPsi(Transform):
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         f = ctx.foreach
-        gs, cols, rows, _ = _broadcast_terms(ctx)
-        x = _apply(self.phi, _binary(gs, cols, "add", f), f)
-        y = _apply(self.psi, _binary(gs, rows, "add", f), f)
-        out = _binary(x, y, "add", f)
-        return ctx.fresh([o.view(g.shape) for o, g in zip(out, ctx.grads)])
+        groups, fulls = _momentum_terms(ctx)
+        out: list[Tensor] = list(updates)
+        for js, a, b in groups:
+            g = _stacked_grads(ctx, js)
+            x = _apply(self.phi, [g + a.unsqueeze(2)], f)[0]
+            y = _apply(self.psi, [g + b.unsqueeze(1)], f)[0]
+            x.add_(y)
+            for i, v in _unstacked(x, js, ctx.grads):
+                out[i] = v
+        if fulls:
+            idx = list(fulls)
+            x = _binary([ctx.grads[i] for i in idx], [fulls[i] for i in idx], "add", f)
+            y = _apply(self.psi, ops.clone(x), f)
+            x = _apply(self.phi, x, f)
+            ops.add_(x, y, f)
+            for i, v in zip(idx, x):
+                out[i] = v
+        return ctx.fresh(out)
 
     def __repr__(self) -> str:
         return f"scale_by_factored_phi_psi(phi={self.phi!r}, psi={self.psi!r})"
@@ -435,26 +492,24 @@ class AddNormalizedFactoredMomentum(Transform):
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         f = ctx.foreach
-        _, cols, rows, fac = _broadcast_terms(ctx)
-        facs = set(fac)
-        den_c: list[Tensor] = []
-        den_r: list[Tensor] = []
-        for i, s in enumerate(ctx.states):
-            if i in facs:
-                m, n = s["v_row"].shape[0], s["v_col"].shape[0]
-                den_c.append((s["v_row"] / max(n, 1)).unsqueeze(1))
-                den_r.append((s["v_col"] / max(m, 1)).unsqueeze(0))
-            else:
-                den_c.append(s["v_full"])
-                den_r.append(s["v_full"])
-        pc = _binary(cols, ops.sqrt(den_c, f), "div", f)
-        pr = _binary(rows, ops.sqrt(den_r, f), "div", f)
-        ops.mul_(pc, self.coef, f)
-        ops.mul_(pr, self.coef, f)
+        groups, fulls = _momentum_terms(ctx)
         out = ctx.writable(updates)
-        views = [as_matrix(o) if i in facs else o for i, o in enumerate(out)]
-        ops.add_(views, pc, f)
-        ops.add_(views, pr, f)
+        for js, a, b in groups:
+            r = _stack([ctx.states[i]["v_row"] for i in js])
+            s = _stack([ctx.states[i]["v_col"] for i in js])
+            m, n = r.shape[1], s.shape[1]
+            pa = a / (r / max(n, 1)).sqrt_()  # a / sqrt(r / n)
+            pb = b / (s / max(m, 1)).sqrt_()  # b / sqrt(s / m)
+            pa.mul_(self.coef)
+            pb.mul_(self.coef)
+            views = [as_matrix(out[i]) for i in js]
+            ops.add_(views, list(pa.unsqueeze(2).unbind(0)), f)
+            ops.add_(views, list(pb.unsqueeze(1).unbind(0)), f)
+        if fulls:
+            idx = list(fulls)
+            p = _binary([fulls[i] for i in idx], ops.sqrt([ctx.states[i]["v_full"] for i in idx], f), "div", f)
+            ops.mul_(p, 2.0 * self.coef, f)  # coef (phi + psi) with phi = psi = M~ / sqrt(v)
+            ops.add_([out[i] for i in idx], p, f)
         return out
 
     def __repr__(self) -> str:
