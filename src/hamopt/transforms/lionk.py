@@ -73,11 +73,16 @@ def _flat(x: Tensor) -> Tensor:
     return x.reshape(-1)
 
 
+def _one(y: Tensor) -> float:
+    """1 plus 1000 ulps of ``y``'s dtype: domain checks forgive rounding on the boundary."""
+    return 1.0 + 1e3 * torch.finfo(y.dtype).eps
+
+
 def _in_box(y: Tensor) -> Tensor:
     """``||y||_inf <= 1`` as a 0-d bool tensor (True for a zero-size tensor)."""
     if y.numel() == 0:
         return y.new_ones((), dtype=torch.bool)
-    return _flat(y).abs().amax() <= 1
+    return _flat(y).abs().amax() <= _one(y)
 
 
 def _inside(ok: Tensor, value: Tensor) -> Tensor:
@@ -90,8 +95,9 @@ class Kernel:
 
     ``grad_(xs, foreach)`` applies ``gradK`` to a list of tensors the caller owns (it may
     overwrite them) and returns the results; ``grad(x)`` is the single-tensor form.
-    ``K(x)`` and ``K_star(y)`` return 0-d tensors (``K_star`` is ``+inf`` outside its domain)
-    over all elements of the tensor.
+    ``K(x)`` and ``K_star(y)`` return 0-d tensors over all elements of the tensor;
+    ``K_star`` is ``+inf`` outside its domain (domain checks allow 1000 ulps of rounding,
+    so points on the boundary, where Lion-K's iterates end, count as inside).
     """
 
     name = "kernel"
@@ -154,7 +160,7 @@ class LpKernel(Kernel):
         return torch.linalg.vector_norm(x, self.p)
 
     def K_star(self, y: Tensor) -> Tensor:
-        return _inside(torch.linalg.vector_norm(y, self.q) <= 1, y.new_zeros(()))
+        return _inside(torch.linalg.vector_norm(y, self.q) <= _one(y), y.new_zeros(()))
 
     def __repr__(self) -> str:
         return f"LpKernel(p={self.p})"
@@ -214,7 +220,7 @@ class TopKKernel(Kernel):
         return torch.topk(flat, min(self.k, flat.numel()), sorted=False).values.sum()
 
     def K_star(self, y: Tensor) -> Tensor:
-        ok = _in_box(y) & (y.abs().sum() <= self.k)
+        ok = _in_box(y) & (y.abs().sum() <= self.k * _one(y))
         return _inside(ok, y.new_zeros(()))
 
     def __repr__(self) -> str:
