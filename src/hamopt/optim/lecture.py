@@ -547,7 +547,10 @@ class Lookahead(torch.optim.Optimizer):
 def _lookahead_factory(params: Any, base: str | type = "adamw", k: int = 5, alpha: float = 0.5,
                        **base_kwargs: Any) -> Lookahead:
     """``Lookahead(create(base, params, **base_kwargs), k, alpha)``; ``base`` is a registry name
-    or an optimizer class."""
+    or an optimizer class. Keyword arguments set to ``None`` are dropped, so the entry's AdamW
+    defaults can be switched off for another base: ``create("lookahead", ps, base="sgd",
+    betas=None, eps=None, lr=0.1)``."""
+    base_kwargs = {key: v for key, v in base_kwargs.items() if v is not None}
     inner = create(base, params, **base_kwargs) if isinstance(base, str) else base(params, **base_kwargs)
     return Lookahead(inner, k=k, alpha=alpha)
 
