@@ -32,6 +32,7 @@ Conventions
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,8 @@ class Chain(Transform):
         self.transforms: tuple[Transform, ...] = tuple(flat)
         seen: dict[str, Transform] = {}
         for t in _walk(self.transforms):
+            if isinstance(t, Chain):  # a nested chain's keys are its members' keys
+                continue
             for k in t.state_keys:
                 if k in seen and seen[k] is not t:
                     raise ValueError(
@@ -203,7 +206,7 @@ def is_matrix_like(x: Tensor) -> bool:
 
 def as_matrix(x: Tensor) -> Tensor:
     """View a tensor with 2+ dims as ``dim0 x prod(rest)`` (a conv kernel as out x in*kh*kw)."""
-    return x.reshape(x.shape[0], -1) if x.dim() != 2 else x
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.dim() != 2 else x
 
 
 def state_like(param: Tensor, group: Mapping[str, Any], shape: Sequence[int] | None = None) -> Tensor:

@@ -26,16 +26,12 @@ Registry names: ``adafactor_m``, ``signfsgd``, ``lionfactor``, ``hfac``, ``adamw
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
-from ..core import validation as V
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import chain
 from ..registry import OptimizerInfo, matrix_dims, numel, register
-from ..transforms.common import ScaleByEma, add_decayed_weights, clip_by_rms, scale_by_learning_rate
+from ..transforms.common import add_decayed_weights, clip_by_rms, scale_by_ema, scale_by_learning_rate
 from ..transforms.factored import (
     add_normalized_factored_momentum,
     factored_momentum,
@@ -46,18 +42,6 @@ from ..transforms.factored import (
 
 __all__ = ["AdafactorM", "AdamWVariant", "HFac", "LionFactor", "SignFSGD"]
 
-
-
-class _FirstMoment(ScaleByEma):
-    """``scale_by_ema(index=0, corrected=True)`` that validates the whole ``betas`` tuple with
-    torch's messages (``Invalid beta parameter at index 0: 1.0``); ``ScaleByEma.validate``
-    words it ``Invalid betas[0]: ...``, which the battery's error table rejects."""
-
-    def __init__(self) -> None:
-        super().__init__(key="exp_avg", hp="betas", index=0, corrected=True)
-
-    def validate(self, group: Mapping[str, Any]) -> None:
-        V.check_betas(group["betas"], 2)
 
 
 PAPER = ("Nguyen, Nguyen, Tran and Than, 'H-Fac: Memory-Efficient Optimization with Factorized "
@@ -98,7 +82,7 @@ class AdafactorM(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold),
-            chain(_FirstMoment(), scale_by_factored_rms(), clip_by_rms(),
+            chain(scale_by_ema(corrected=True), scale_by_factored_rms(), clip_by_rms(),
                   add_decayed_weights(), scale_by_learning_rate()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
@@ -250,7 +234,7 @@ class AdamWVariant(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
-            chain(scale_by_rms(), _FirstMoment(), add_decayed_weights(),
+            chain(scale_by_rms(), scale_by_ema(corrected=True), add_decayed_weights(),
                   scale_by_learning_rate()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )

@@ -128,9 +128,14 @@ class ScaleByEma(Transform):
         return v if self.index is None else v[self.index]
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        b = self._beta(group)
-        name = self.hp if self.index is None else f"{self.hp}[{self.index}]"
-        V.check_range(name, b, 0.0, 1.0, high_open=True)
+        if self.index is None:
+            V.check_range(self.hp, group[self.hp], 0.0, 1.0, high_open=True)
+        else:
+            # torch's wording for a tuple of betas: "Invalid beta parameter at index 0: 1.0"
+            V.check_betas(group[self.hp])
+            if len(group[self.hp]) <= self.index:
+                raise ValueError(f"Invalid {self.hp}: {tuple(group[self.hp])!r} "
+                                 f"(expected at least {self.index + 1} values)")
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
         if self._beta(group) != 0:
@@ -172,10 +177,10 @@ def rms_clip_(xs: list[Tensor], threshold: float, foreach: bool) -> list[Tensor]
     if not xs:
         return xs
     norms = torch._foreach_norm(xs) if foreach else [torch.linalg.vector_norm(x) for x in xs]
-    denoms = [
-        torch.clamp_min(n / (math.sqrt(max(x.numel(), 1)) * threshold), 1.0).to(x.dtype)
-        for n, x in zip(norms, xs)
-    ]
+    # One stacked computation of max(1, RMS / d) for the whole list (fewer small kernels).
+    n = torch.stack(list(norms))
+    scale = torch.tensor([math.sqrt(max(x.numel(), 1)) * threshold for x in xs], dtype=n.dtype, device=n.device)
+    denoms = list((n / scale).clamp_min_(1.0).to(xs[0].dtype).unbind(0))
     return ops.div_(xs, denoms, foreach)
 
 
