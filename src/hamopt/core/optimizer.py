@@ -153,7 +153,8 @@ class ChainedOptimizer(torch.optim.Optimizer):
         ops.add_(step_tensors, 1.0, foreach=False)
         steps: list[Any] = step_tensors if _is_compiling() else [float(t.item()) for t in step_tensors]
 
-        ctx = StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps, foreach=foreach)
+        ctx = StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps, foreach=foreach,
+                          leaves=params)
         updates = self.transform.update(ctx, cgrads)
         if cast:
             ops.add_(cparams, updates, foreach)

@@ -59,6 +59,9 @@ class StepContext:
             floats (or 0-d tensors while compiling). A parameter that was frozen for a while
             has a smaller count than its neighbours.
         foreach: whether to use the multi-tensor kernels.
+        leaves: the real parameters behind ``params`` (autograd leaves, original dtype), for
+            transforms that differentiate with respect to them (Sophia's Hessian estimate).
+            Never write to them: the shell applies the update.
     """
 
     group: Mapping[str, Any]
@@ -67,6 +70,7 @@ class StepContext:
     states: list[MutableMapping[str, Any]]
     steps: list[Any]
     foreach: bool
+    leaves: list[Tensor] | None = None
     _owned: list[Tensor] | None = field(default=None, repr=False)
     # Per-step scratch shared by the transforms of one chain (e.g. a rotation basis).
     scratch: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -95,6 +99,7 @@ class StepContext:
             states=[self.states[i] for i in indices],
             steps=[self.steps[i] for i in indices],
             foreach=self.foreach,
+            leaves=None if self.leaves is None else [self.leaves[i] for i in indices],
             scratch=self.scratch,
         )
 

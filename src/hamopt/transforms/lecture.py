@@ -444,32 +444,11 @@ def hutchinson_probe(param: Tensor, seed: int, step: int) -> Tensor:
 
 
 def _bucket_leaves(ctx: StepContext) -> list[Tensor | None]:
-    """The original parameters (autograd leaves) behind ``ctx.params``.
-
-    ``ctx.params`` are detached (or cast) copies, but the Hessian estimators differentiate with
-    respect to the real parameters. Uses ``ctx.leaves`` when the shell provides it; otherwise
-    finds them in ``ctx.group["params"]`` the way the shell built the bucket: same storage (no
-    cast), or, for a cast bucket, the same shape in order among parameters of another dtype.
-    Zero-size parameters may map to ``None`` (their estimate is empty anyway).
-    """
-    given = getattr(ctx, "leaves", None)
-    if given is not None:
-        return list(given)
-    cands = [p for p in ctx.group["params"] if p.grad is not None]
-    cdtype = ctx.params[0].dtype if ctx.params else None
-    ptrs = {(p.data_ptr(), p.dtype, p.shape): p for p in cands if p.numel() > 0}
-    leaves: list[Tensor | None] = []
-    cast = [p for p in cands if p.dtype != cdtype]
-    j = 0
-    for c in ctx.params:
-        hit = ptrs.get((c.data_ptr(), c.dtype, c.shape)) if c.numel() > 0 else None
-        if hit is None and c.numel() > 0:
-            while j < len(cast) and (cast[j].shape != c.shape or cast[j].device != c.device):
-                j += 1
-            hit = cast[j] if j < len(cast) else None
-            j += 1
-        leaves.append(hit)
-    return leaves
+    """The original parameters (autograd leaves) behind ``ctx.params``, which are detached or
+    cast copies; the Hessian estimators differentiate with respect to the real parameters."""
+    if ctx.leaves is None:
+        raise RuntimeError("Sophia needs the shell to provide ctx.leaves (run it in a ChainedOptimizer)")
+    return list(ctx.leaves)
 
 
 class ScaleBySophia(Transform):
