@@ -271,7 +271,8 @@ class AddDecayedWeightsAfterStep(Transform):
             return out
         cs = [c] * len(out) if factors is None else [c * k for k in factors]
         ops.mul_(out, [1.0 - c for c in cs], f)
-        ops.add_(out, [p * (-c) for p, c in zip(ctx.params, cs)], f)
+        # out += params * (-c), c a 0-d tensor per parameter (broadcast, no temporaries)
+        ops.addcmul_(out, ctx.params, [-c for c in cs], 1.0, f)
         return out
 
     def __repr__(self) -> str:
