@@ -159,32 +159,34 @@ def load_images(path: str | os.PathLike[str]) -> ImageData:
 
 
 def _bytes_split(files: list[tuple[str, bytes]], source: str, cap: int | None) -> TextData:
-    """Split files by a hash of their name: 10% validation, 10% test, the rest train."""
-    parts: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
-    counts = [0, 0, 0]
-    for name, data in files:
-        h = zlib.crc32(name.encode()) % 10
-        k = 1 if h == 0 else 2 if h == 1 else 0
-        parts[k].append(data)
-        counts[k] += 1
-    if not parts[1] or not parts[2] or not parts[0]:
-        raise DataError(f"{source}: too few files to split into train/validation/test by file")
+    """Split files by name: order them by a hash of the name (deterministic, unrelated to
+    content or order on disk); the first 10% (at least one) validation, the next 10% (at
+    least one) test, the rest train. ``cap`` limits the train bytes (val/test to cap/8)."""
+    if len(files) < 3:
+        raise DataError(f"{source}: need at least 3 files to split into train/validation/test by file")
+    ordered = sorted(files, key=lambda f: (zlib.crc32(f[0].encode()), f[0]))
+    k = max(1, len(files) // 10)
+    val, test, train = ordered[:k], ordered[k:2 * k], ordered[2 * k:]
 
-    def cat(chunks: list[bytes], limit: int | None) -> Tensor:
-        blob = b"\n".join(chunks)
+    def cat(chunks: list[tuple[str, bytes]], limit: int | None) -> Tensor:
+        blob = b"\n".join(c for _, c in chunks)
         if limit is not None:
             blob = blob[:limit]
         return torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(torch.int64)
 
     c = cap
-    return TextData(cat(parts[0], c), cat(parts[1], c // 8 if c else None), cat(parts[2], c // 8 if c else None),
-                    source, (counts[0], counts[1], counts[2]))
+    out = TextData(cat(train, c), cat(val, c // 8 if c else None), cat(test, c // 8 if c else None), source,
+                   (len(train), len(val), len(test)))
+    if min(len(out.train), len(out.val), len(out.test)) < 200:
+        raise DataError(f"{source}: every split needs at least 200 bytes of text")
+    return out
 
 
 @functools.lru_cache(maxsize=2)
 def stdlib_text(max_bytes: int = 1_500_000) -> TextData:
-    """The standard library's top-level ``.py`` files (sorted, under 200 KB each) as bytes;
-    split by file (10% val, 10% test by name hash); train capped at ``max_bytes``."""
+    """The standard library's top-level ``.py`` files (under 200 KB each) as bytes, split by
+    file (10% validation, 10% test, chosen by a hash of the file name); train capped at
+    ``max_bytes``."""
     root = Path(sysconfig.get_paths()["stdlib"])
     files = []
     for p in sorted(root.glob("*.py")):

@@ -417,8 +417,12 @@ def _markdown(res: dict[str, Any], summary: dict[str, dict[str, Any]], files: di
         for s in rows:
             notes = []
             if s["lr"] is None:
-                notes.append("diverged at every lr" if s["tuning"] and all(t["status"] != "ok" for t in s["tuning"])
-                             else "not run yet")
+                if s["tuning"] and all(t["status"] == "error" for t in s["tuning"]):
+                    notes.append(f"failed at every lr ({s['tuning'][0]['error']})")
+                elif s["tuning"] and all(t["status"] != "ok" for t in s["tuning"]):
+                    notes.append("diverged (or failed) at every lr")
+                else:
+                    notes.append("not run yet")
             if s["tune_diverged"]:
                 notes.append(f"{s['tune_diverged']}/{len(s['tuning'])} tuning lrs diverged")
             if s["diverged"]:

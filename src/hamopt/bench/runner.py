@@ -290,6 +290,10 @@ def run_benchmark(plan: Plan, out: Path | None, resume: bool = False, jobs: int 
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if "lion" in plan.optimizers or "lionk" in plan.optimizers:
         res["checks"] = {"lion_box": lion_box_check([o for o in ("lion", "lionk") if o in plan.optimizers])}
+    from .report import claims, summarize
+
+    res["summary"] = summarize(res)
+    res["claims"] = claims(res, res["summary"])
     save()
     if report and out is not None:
         from .report import write_report

@@ -120,12 +120,18 @@ def saddle(x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- quadratic
-def _quadratic(batch: int) -> Callable[[int], Problem]:
-    g0 = torch.Generator().manual_seed(0)  # the problem is fixed; the run seed sets start and noise
+def quadratic_hessian() -> Tensor:
+    """The noisy quadratic's Hessian ``Q diag(eig) Q^T``: 90 eigenvalues U(0, 1), 10 U(30, 60),
+    ``Q`` a random rotation; fixed seed 0 (the problem never changes)."""
+    g0 = torch.Generator().manual_seed(0)
     eig = torch.cat([torch.rand(90, generator=g0, dtype=torch.float64),
                      30 + 30 * torch.rand(10, generator=g0, dtype=torch.float64)])
     q, _ = torch.linalg.qr(torch.randn(100, 100, generator=g0, dtype=torch.float64))
-    hess = q @ torch.diag(eig) @ q.T
+    return q @ torch.diag(eig) @ q.T
+
+
+def _quadratic(batch: int) -> Callable[[int], Problem]:
+    hess = quadratic_hessian()  # the run seed sets the start and the noise
 
     def build(seed: int) -> Problem:
         g = torch.Generator().manual_seed(seed)

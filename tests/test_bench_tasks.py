@@ -1,0 +1,99 @@
+"""`hamopt bench` tasks on tiny budgets, the data splits, divergence handling, the Lion check."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from hamopt.bench import data as D
+from hamopt.bench.runner import lion_box_check, lr_grid, run_one, task_grid
+from hamopt.bench.tasks import TASKS, beale, quadratic_hessian, rosenbrock, saddle
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_runs_on_a_tiny_budget(name):
+    task = dataclasses.replace(TASKS[name], steps=4, eval_every=2)
+    rec = run_one(task, "adamw", 1e-3, seed=1)
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["curve"]["step"] == [2, 4]
+    assert all(math.isfinite(v) for v in rec["curve"]["val"] + rec["curve"]["train"])
+    assert task.metric in rec["final_val"] and task.metric in rec["final_test"]
+    assert rec["state_bytes"] > 0 and rec["step_ms"] > 0
+    # same seed, same numbers (initialisation, batches and noise are seeded)
+    again = run_one(task, "adamw", 1e-3, seed=1)
+    assert again["curve"]["val"] == rec["curve"]["val"]
+
+
+def test_toy_functions_have_their_known_minima():
+    assert float(rosenbrock(torch.tensor([1.0, 1.0]))) == 0.0
+    assert float(beale(torch.tensor([3.0, 0.5]))) == 0.0
+    assert float(saddle(torch.tensor([0.0, math.sqrt(2.0)]))) == pytest.approx(-1.0)
+    assert float(rosenbrock(torch.tensor([-1.2, 1.0]))) == pytest.approx(24.2)
+
+
+def test_noisy_quadratic_spectrum():
+    ev = torch.linalg.eigvalsh(quadratic_hessian())
+    assert ev.shape == (100,)
+    assert ((ev > 0) & (ev < 1)).sum() == 90
+    assert ((ev > 30) & (ev < 60)).sum() == 10
+    assert torch.equal(quadratic_hessian(), quadratic_hessian())  # fixed seed
+
+
+def test_data_splits_are_fixed_and_disjoint_sizes():
+    d = D.digits()
+    assert len(d.train[1]) + len(d.val[1]) + len(d.test[1]) == 1797
+    assert d.train[0].shape[1:] == (1, 8, 8) and float(d.train[0].max()) <= 1.0
+    m = D.mnist5k()
+    assert len(m.train[1]) + len(m.val[1]) + len(m.test[1]) == 5000
+    assert m.train[0].shape[1:] == (1, 28, 28)
+    assert sorted(set(m.train[1].tolist())) == list(range(10))
+    t = D.stdlib_text()
+    n_train, n_val, n_test = t.files
+    assert n_val >= 1 and n_test >= 1 and n_train > n_val
+    assert len(t.val) > 1000 and int(t.train.max()) < 256
+
+
+def test_user_text_and_images(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"f{i}.txt").write_text(f"file {i}: " + "the quick brown fox jumps over the lazy dog. " * 20)
+    t = D.load_text(folder)
+    assert t.files == (3, 1, 1)
+    with pytest.raises(D.DataError, match="no such file"):
+        D.load_text(tmp_path / "missing")
+    x = torch.rand(40, 8, 8).numpy()
+    y = (torch.arange(40) % 3).numpy()
+    import numpy as np
+
+    np.savez(tmp_path / "img.npz", x=x, y=y)
+    im = D.load_images(tmp_path / "img.npz")
+    assert im.train[0].shape[1:] == (1, 8, 8) and im.classes == 3
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(D.DataError):
+        D.load_images(tmp_path / "bad.npz")
+
+
+def test_divergence_is_recorded_not_raised():
+    rec = run_one(TASKS["rosenbrock"], "momentum", 1.0, seed=0)
+    assert rec["status"] == "diverged"
+    assert rec["steps_done"] < TASKS["rosenbrock"].steps
+    assert "final_val" not in rec
+
+
+def test_lr_grid():
+    assert lr_grid(1e-3, 3) == [0.000316, 0.001, 0.00316]
+    assert lr_grid(1e-3, 1) == [0.001]
+    assert task_grid(TASKS["rosenbrock"], 1e-3, 3) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+
+
+def test_lion_box_check_holds_for_lion_and_fails_without_the_constraint():
+    rows = lion_box_check(["lion"])
+    assert rows and rows[0]["holds"]
+    assert rows[0]["inside_final_inf"] <= 0.5 + 1e-12
+    # AdamW with the same decoupled weight decay has no such box: the check must say so
+    bad = lion_box_check(["adamw"], wd=2.0, lr=0.01)
+    assert not bad[0]["holds"]
