@@ -13,7 +13,13 @@ import pytest
 import torch
 
 import hamopt
-from hamopt.transforms import make_cautious, make_grams, scale_by_adam_moments, scale_by_learning_rate
+from hamopt.transforms import (
+    add_decayed_weights_after_step,
+    make_cautious,
+    make_grams,
+    scale_by_adam_moments,
+    scale_by_learning_rate,
+)
 
 SHAPES = [(4, 6), (2, 3, 2, 2), (5,), ()]
 STEPS = 60
@@ -143,8 +149,12 @@ def test_ams_with_b3_zero_keeps_no_sign_buffer_and_b3_positive_does():
 
 # ------------------------------------------------------------------ the corollaries, exactly
 def _adam_chain(ps, lr, betas, eps):
-    return hamopt.ChainedOptimizer(ps, dict(lr=lr, betas=betas, eps=eps),
-                                   [scale_by_adam_moments(), scale_by_learning_rate()])
+    # Plain Adam (no decay), ending like AMS's chain so both take the same final arithmetic:
+    # the shell fuses a trailing scale_by_learning_rate() into the parameter update, which
+    # rounds differently from multiplying first.
+    return hamopt.ChainedOptimizer(ps, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0),
+                                   [scale_by_adam_moments(), scale_by_learning_rate(),
+                                    add_decayed_weights_after_step()])
 
 
 @pytest.mark.parametrize("lam", [-1.0, 0.0, 0.37, 3.0])

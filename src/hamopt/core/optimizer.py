@@ -155,13 +155,40 @@ class ChainedOptimizer(torch.optim.Optimizer):
 
         ctx = StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps, foreach=foreach,
                           leaves=params)
-        updates = self.transform.update(ctx, cgrads)
+        body, decay, lr_last = self._tail()
+        updates = body.update(ctx, cgrads)
+        # Fast apply of a chain ending in [add_decayed_weights(),] scale_by_learning_rate():
+        # p <- p (1 - lr wd) - lr u, the same as p <- p - lr (u + wd p) with two fewer passes
+        # over memory (AdamW's own decoupled form).
+        alpha: Any = 1.0
+        if lr_last:
+            lr = group["lr"]
+            if decay:
+                wd = group["weight_decay"]
+                if isinstance(wd, Tensor) or wd != 0:
+                    ops.mul_(cparams, 1.0 - lr * wd, foreach)
+            if isinstance(lr, Tensor):
+                updates = ops.mul_(ctx.writable(updates), -lr, foreach)
+            else:
+                alpha = -lr
+        ops.add_(cparams, updates, foreach, alpha=alpha)
         if cast:
-            ops.add_(cparams, updates, foreach)
             for p, cp in zip(params, cparams):
                 p.copy_(cp)
-        else:
-            ops.add_(cparams, updates, foreach)
+
+    def _tail(self) -> tuple[Transform, bool, bool]:
+        """The chain without a trailing ``[add_decayed_weights(),] scale_by_learning_rate()``,
+        which the shell then applies itself (``(body, has_decay, has_lr)``)."""
+        from ..transforms.common import AddDecayedWeights, ScaleByLearningRate
+
+        t = self.transform
+        if not isinstance(t, Chain) or not t.transforms or not isinstance(t.transforms[-1], ScaleByLearningRate):
+            return t, False, False
+        rest = t.transforms[:-1]
+        decay = bool(rest) and isinstance(rest[-1], AddDecayedWeights)
+        if decay:
+            rest = rest[:-1]
+        return _Body(rest), decay, True
 
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -186,3 +213,15 @@ class ChainedOptimizer(torch.optim.Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("state_dtype", None)
+
+
+class _Body(Transform):
+    """Runs transforms in order without re-checking them (they were checked as a chain)."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = tuple(transforms)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        for t in self.transforms:
+            updates = t.update(ctx, updates)
+        return updates
