@@ -3,9 +3,10 @@
 #
 #   source-free use:  PY=$(bash scripts/setup.sh)
 #
-# - Uses the active virtual environment ($VIRTUAL_ENV) if there is one; otherwise creates
-#   and uses ./.venv (with the system site-packages visible when the system python already
-#   has torch, so a torch you installed is kept rather than downloaded again).
+# - Uses the active virtual environment ($VIRTUAL_ENV), or the one whose interpreter PYTHON
+#   names, if there is one; otherwise creates and uses ./.venv (with the system
+#   site-packages visible when the system python already has torch, so a torch you
+#   installed is kept rather than downloaded again).
 # - Installs torch only when the environment has none: the CPU build torch==2.13.0 when no
 #   NVIDIA GPU is visible (a bare "pip install torch" would pull a multi-GB CUDA build),
 #   the default PyPI build when nvidia-smi finds a GPU. Override with HAMOPT_TORCH_SPEC.
@@ -22,8 +23,12 @@ command -v "$base_python" >/dev/null 2>&1 || { log "no $base_python on PATH; ins
 "$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
   || { log "hamopt needs Python >= 3.10 (found $("$base_python" --version 2>&1))"; exit 1; }
 
+in_venv() { "$1" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; }
 if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
   venv=$VIRTUAL_ENV
+elif in_venv "$base_python"; then
+  # PYTHON (or python3) is itself a virtual environment's interpreter: use that environment.
+  venv=$("$base_python" -c 'import sys; print(sys.prefix)')
 else
   venv=$root/.venv
   if [ ! -x "$venv/bin/python" ]; then
