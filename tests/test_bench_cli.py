@@ -13,6 +13,7 @@ import torch
 
 from hamopt.bench import compare
 from hamopt.bench.report import write_report
+from hamopt.bench.runner import GRID_EXTENSION
 from hamopt.cli import main
 
 # saddle: 500 cheap steps; grid 1 + the toy tasks' 2 extra points = 3 tuning runs per optimizer
@@ -21,6 +22,19 @@ BASE = ["bench", "--tasks", "saddle", "--optimizers", "adamw,momentum", "--grid"
 
 def _results(out):
     return json.loads((out / "results.json").read_text())
+
+
+def _check_run_counts(res, pairs, grid, seeds):
+    """Per (task, optimizer): ``grid`` tuning runs plus at most GRID_EXTENSION past an edge
+    (each extension only where the previous best sat at that edge), then ``seeds`` final runs."""
+    runs = list(res["runs"].values())
+    for task, opt in pairs:
+        mine = [r for r in runs if r["task"] == task and r["optimizer"] == opt]
+        tune = sorted(r["lr"] for r in mine if r["seed"] == 0)
+        assert grid <= len(tune) <= grid + GRID_EXTENSION, (task, opt, tune)
+        if len(tune) > grid:  # an extension happened: the selection is at or next to the old edge
+            assert res["selected"][f"{task}|{opt}"] in tune
+        assert sum(r["seed"] > 0 for r in mine) == seeds
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +47,9 @@ def finished(tmp_path_factory):
 def test_report_markdown_json_and_embedded_pngs(finished):
     res = _results(finished)
     assert res["complete"] is True
-    assert len(res["runs"]) == 2 * (3 + 1)  # 3 tuning lrs + 1 seed, for 2 optimizers
+    opts = res["plan"]["optimizers"]
+    assert len(opts) == 2
+    _check_run_counts(res, [(t, o) for t in res["tasks"] for o in opts], grid=3, seeds=1)
     md = (finished / "report.md").read_text()
     assert md.startswith("# hamopt bench report")
     assert "INCOMPLETE" not in md
@@ -137,7 +153,13 @@ def test_images_hook(tmp_path):
                "--grid", "1", "--seeds", "1", "--jobs", "1", "--quiet", "--out", str(out)])
     assert rc == 0
     res = _results(out)
-    assert list(res["tasks"]) == ["images"] and len(res["runs"]) == 2
+    assert list(res["tasks"]) == ["images"]
+    _check_run_counts(res, [("images", "adamw")], grid=1, seeds=1)
+    # A one-point grid is at its own edge, so it must have grown by half-decade steps.
+    tune = sorted(r["lr"] for r in res["runs"].values() if r["seed"] == 0)
+    assert len(tune) >= 2
+    for a, b in zip(tune, tune[1:]):
+        assert b / a == pytest.approx(10**0.5, rel=0.01)
     assert "### images" in (out / "report.md").read_text()
 
 
@@ -148,7 +170,8 @@ def test_compare_on_a_user_model(tmp_path):
     res = compare(lambda: torch.nn.Linear(5, 2), torch.nn.functional.cross_entropy, (x, y),
                   optimizers=["adamw", "sgd"], budget=30, seeds=1, grid=1, target=0.8, metric="accuracy",
                   out=tmp_path / "cmp", progress=False)
-    assert res["complete"] and len(res["runs"]) == 4
+    assert res["complete"]
+    _check_run_counts(res, [("custom", "adamw"), ("custom", "sgd")], grid=1, seeds=1)
     assert set(res["summary"]) == {"custom|adamw", "custom|sgd"}
     assert (tmp_path / "cmp" / "report.md").is_file()
     with pytest.raises(ValueError, match="Unknown optimizer"):

@@ -3,8 +3,9 @@
 Protocol, per optimizer and task:
 
 1. **Tune**: one run (seed 0) per learning rate on a log grid of half-decade steps centred
-   on the registry default times the task's ``lr_shift``. The tuning budget is
-   ``len(grid)`` runs of the task's full step budget.
+   on the registry default times the task's ``lr_shift``. Where the best lr sits at an edge
+   of the grid, the grid grows by one point past that edge, at most ``GRID_EXTENSION``
+   times. The tuning budget is ``len(grid)`` (+ up to 2) runs of the task's full step budget.
 2. **Select** the learning rate with the best *final validation* metric (diverged runs are
    excluded; test data is never looked at).
 3. **Repeat** the chosen learning rate with fresh seeds ``1..S`` (the tuning seed is not
@@ -77,6 +78,10 @@ def lr_grid(default: float, points: int, shift: float = 1.0, spacing: float = 0.
     c = default * shift
     lo = -((points - 1) // 2)
     return [float(f"{c * 10 ** (k * spacing):.3g}") for k in range(lo, lo + points)]
+
+
+#: How many times the tuning grid may grow by one point where its best lr sits at an edge.
+GRID_EXTENSION = 2
 
 
 def task_grid(task: Task, default: float, points: int) -> list[float]:
@@ -271,10 +276,32 @@ def run_benchmark(plan: Plan, out: Path | None, resume: bool = False, jobs: int 
     interrupted = False
     try:
         _execute(tune_jobs, tasks, plan, runs, bar, save, jobs, res)
+        tuned = {pair: [lr for (t2, o2, lr, _) in tune_jobs if (t2, o2) == pair] for pair in pairs}
+
+        def best_of(tn: str, o: str) -> dict[str, Any] | None:
+            return _select(tasks[tn], [runs[run_key(tn, o, lr, 0, tasks[tn].steps)] for lr in tuned[(tn, o)]])
+
+        # A best lr at the edge of the grid may not be the best lr: grow the grid one point past
+        # that edge (same spacing), up to GRID_EXTENSION times, and select again.
+        for _ in range(GRID_EXTENSION):
+            extra = []
+            for tn, o in pairs:
+                best, lrs = best_of(tn, o), tuned[(tn, o)]
+                if best is None or min(lrs) < best["lr"] < max(lrs):
+                    continue
+                factor = 10 ** tasks[tn].lr_spacing
+                new = max(lrs) * factor if best["lr"] >= max(lrs) else min(lrs) / factor
+                new = float(f"{new:.3g}")
+                lrs.append(new)
+                extra.append((tn, o, new, 0))
+            if not extra:
+                break
+            if hasattr(bar, "total") and bar.total is not None:
+                bar.total += len(extra)
+            _execute(extra, tasks, plan, runs, bar, save, jobs, res)
         final_jobs = []
         for tn, o in pairs:
-            tr = [runs[run_key(tn, o, lr, 0, tasks[tn].steps)] for (t2, o2, lr, _) in tune_jobs if (t2, o2) == (tn, o)]
-            best = _select(tasks[tn], tr)
+            best = best_of(tn, o)
             res["selected"][f"{tn}|{o}"] = None if best is None else best["lr"]
             if best is None:
                 bar.update(plan.seeds)  # every lr diverged: nothing to repeat
