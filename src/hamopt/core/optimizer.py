@@ -150,8 +150,12 @@ class ChainedOptimizer(torch.optim.Optimizer):
                 self.transform.init(cp, state, group)
             states.append(state)
         step_tensors = [s["step"] for s in states]
-        ops.add_(step_tensors, 1.0, foreach=False)
-        steps: list[Any] = step_tensors if _is_compiling() else [float(t.item()) for t in step_tensors]
+        if _is_compiling():
+            ops.add_(step_tensors, 1.0, foreach=False)
+            steps: list[Any] = step_tensors
+        else:  # one kernel and one host read for the whole bucket, not one per parameter
+            torch._foreach_add_(step_tensors, 1.0)
+            steps = torch.stack(step_tensors).tolist()
 
         ctx = StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps, foreach=foreach,
                           leaves=params)
