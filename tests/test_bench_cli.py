@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -158,7 +159,7 @@ def test_images_hook(tmp_path):
     # A one-point grid is at its own edge, so it must have grown by half-decade steps.
     tune = sorted(r["lr"] for r in res["runs"].values() if r["seed"] == 0)
     assert len(tune) >= 2
-    for a, b in zip(tune, tune[1:]):
+    for a, b in itertools.pairwise(tune):
         assert b / a == pytest.approx(10**0.5, rel=0.01)
     assert "### images" in (out / "report.md").read_text()
 
