@@ -27,6 +27,15 @@ def test_every_task_runs_on_a_tiny_budget(name):
     assert again["curve"]["val"] == rec["curve"]["val"]
 
 
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_supports_a_second_order_step(name):
+    # Sophia's Hutchinson estimate needs backward(create_graph=True) through the whole model
+    # (the character LM's attention once picked a CPU kernel without a double backward).
+    task = dataclasses.replace(TASKS[name], steps=2, eval_every=2)
+    rec = run_one(task, "sophia", 1e-4, seed=1)
+    assert rec["status"] == "ok", rec["error"]
+
+
 def test_toy_functions_have_their_known_minima():
     assert float(rosenbrock(torch.tensor([1.0, 1.0]))) == 0.0
     assert float(beale(torch.tensor([3.0, 0.5]))) == 0.0

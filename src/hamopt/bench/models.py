@@ -59,6 +59,19 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + causal mask) v, written out.
+
+    ``F.scaled_dot_product_attention`` picks a fused CPU kernel with no double backward, which
+    Sophia's Hutchinson estimate (``backward(create_graph=True)``) needs; at this model size the
+    explicit form costs nothing.
+    """
+    t = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    mask = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
+
+
 def _rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x[..., ::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
@@ -78,7 +91,7 @@ class Block(nn.Module):
         h = self.n1(x)
         q, k, v = (f(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v))
         q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        a = _causal_attention(q, k, v)
         x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
         h = self.n2(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
