@@ -182,17 +182,26 @@ class ChainedOptimizer(torch.optim.Optimizer):
 
     def _tail(self) -> tuple[Transform, bool, bool]:
         """The chain without a trailing ``[add_decayed_weights(),] scale_by_learning_rate()``,
-        which the shell then applies itself (``(body, has_decay, has_lr)``)."""
+        which the shell then applies itself (``(body, has_decay, has_lr)``).
+
+        Worked out once per transform object (a new chain, e.g. from ``make_cautious``, is
+        looked at again), not on every step.
+        """
+        cached = self.__dict__.get("_tail_cache")
+        if cached is not None and cached[0] is self.transform:
+            return cached[1]
         from ..transforms.common import AddDecayedWeights, ScaleByLearningRate
 
         t = self.transform
-        if not isinstance(t, Chain) or not t.transforms or not isinstance(t.transforms[-1], ScaleByLearningRate):
-            return t, False, False
-        rest = t.transforms[:-1]
-        decay = bool(rest) and isinstance(rest[-1], AddDecayedWeights)
-        if decay:
-            rest = rest[:-1]
-        return _Body(rest), decay, True
+        result: tuple[Transform, bool, bool] = (t, False, False)
+        if isinstance(t, Chain) and t.transforms and isinstance(t.transforms[-1], ScaleByLearningRate):
+            rest = t.transforms[:-1]
+            decay = bool(rest) and isinstance(rest[-1], AddDecayedWeights)
+            if decay:
+                rest = rest[:-1]
+            result = (Chain(*rest), decay, True)
+        self._tail_cache = (t, result)
+        return result
 
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -217,15 +226,3 @@ class ChainedOptimizer(torch.optim.Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("state_dtype", None)
-
-
-class _Body(Transform):
-    """Runs transforms in order without re-checking them (they were checked as a chain)."""
-
-    def __init__(self, transforms: Sequence[Transform]) -> None:
-        self.transforms = tuple(transforms)
-
-    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        for t in self.transforms:
-            updates = t.update(ctx, updates)
-        return updates
