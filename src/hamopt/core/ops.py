@@ -31,6 +31,7 @@ __all__ = [
     "neg",
     "sign_",
     "sqrt",
+    "uniform",
     "zeros_like",
 ]
 
@@ -112,14 +113,32 @@ def add_(
     return xs
 
 
-def lerp_(xs: list[Tensor], ends: Sequence[Tensor], weight: float, foreach: bool) -> list[Tensor]:
-    """``x += weight * (end - x)``, i.e. an exponential moving average with ``1 - weight``."""
-    if foreach:
-        torch._foreach_lerp_(xs, list(ends), weight)
+def lerp_(xs: list[Tensor], ends: Sequence[Tensor], weight: ScalarOrList, foreach: bool) -> list[Tensor]:
+    """``x += weight * (end - x)``, i.e. an exponential moving average with ``1 - weight``.
+
+    ``weight`` is one scalar or one per tensor (e.g. a bias-corrected decay per parameter
+    step count). Equal Python weights collapse to one scalar, so the common case is a single
+    multi-tensor kernel; differing or tensor weights loop over the tensors.
+    """
+    w = uniform(weight)
+    if isinstance(w, (list, tuple)):
+        for i, (x, e) in enumerate(zip(xs, ends)):
+            wi = w[i]
+            x.lerp_(e, wi.to(x.dtype) if isinstance(wi, Tensor) else wi)
+    elif foreach and xs:
+        torch._foreach_lerp_(xs, list(ends), w)
     else:
         for x, e in zip(xs, ends):
-            x.lerp_(e, weight)
+            x.lerp_(e, w)
     return xs
+
+
+def uniform(values: ScalarOrList) -> ScalarOrList:
+    """One Python scalar when ``values`` is a list of equal Python numbers, else unchanged."""
+    if (isinstance(values, (list, tuple)) and values and not any(isinstance(v, Tensor) for v in values)
+            and all(v == values[0] for v in values)):
+        return values[0]
+    return values
 
 
 def addcmul_(

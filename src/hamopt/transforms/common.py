@@ -150,9 +150,7 @@ class ScaleByEma(Transform):
                 s[self.key] = state_like(p, ctx.group)
         bufs = ctx.state(self.key)
         if self.corrected:
-            weights = [1.0 - corrected_decay(b, t) for t in ctx.steps]
-            for buf, u, w in zip(bufs, updates, weights):
-                buf.lerp_(u, w)
+            ops.lerp_(bufs, updates, [1.0 - corrected_decay(b, t) for t in ctx.steps], ctx.foreach)
         else:
             ops.lerp_(bufs, updates, 1.0 - b, ctx.foreach)
         return bufs  # borrowed: later transforms must copy before writing
@@ -176,12 +174,18 @@ def rms_clip_(xs: list[Tensor], threshold: float, foreach: bool) -> list[Tensor]
     clipping, Shazeer and Stern 2018, section 6). Zero-size tensors are left alone."""
     if not xs:
         return xs
-    norms = torch._foreach_norm(xs) if foreach else [torch.linalg.vector_norm(x) for x in xs]
-    # One stacked computation of max(1, RMS / d) for the whole list (fewer small kernels).
-    n = torch.stack(list(norms))
-    scale = torch.tensor([math.sqrt(max(x.numel(), 1)) * threshold for x in xs], dtype=n.dtype, device=n.device)
-    denoms = list((n / scale).clamp_min_(1.0).to(xs[0].dtype).unbind(0))
-    return ops.div_(xs, denoms, foreach)
+    # max(1, ||x|| / (sqrt(numel) d)) with scalar-list kernels: no host-to-device copy, so
+    # no synchronisation with the GPU inside the step.
+    norms = list(torch._foreach_norm(xs)) if foreach else [torch.linalg.vector_norm(x) for x in xs]
+    scales = [1.0 / (math.sqrt(max(x.numel(), 1)) * threshold) for x in xs]
+    if foreach:
+        torch._foreach_mul_(norms, scales)
+        torch._foreach_clamp_min_(norms, 1.0)
+        torch._foreach_div_(xs, norms)
+    else:
+        for x, n, c in zip(xs, norms, scales):
+            x.div_(n.mul_(c).clamp_min_(1.0))
+    return xs
 
 
 class ClipByRms(Transform):
