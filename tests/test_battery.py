@@ -97,6 +97,18 @@ def test_state_dict_roundtrip_continues_identically(info: OptimizerInfo) -> None
         assert torch.equal(a, b), f"{info.name}: resumed run differs by {(a - b).abs().max():.3g}"
 
 
+def test_deepcopy_continues_identically(info: OptimizerInfo) -> None:
+    # copy.deepcopy of (parameters, optimizer) together, as a trainer snapshotting itself does.
+    ps = _model_params()
+    opt = make_opt(info, ps)
+    _train(info, opt, ps, 0, 5)
+    ps2, opt2 = copy.deepcopy((ps, opt))
+    _train(info, opt, ps, 5, 6)
+    _train(info, opt2, ps2, 5, 6)
+    for a, b in zip(ps, ps2):
+        assert torch.equal(a, b), f"{info.name}: deep copy differs by {(a - b).abs().max():.3g}"
+
+
 def test_param_groups_have_their_own_hyperparameters(info: OptimizerInfo) -> None:
     ps = _model_params()
     opt = make_opt(info, [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.0}])

@@ -208,3 +208,33 @@ def test_transform_base_class_is_identity() -> None:
 def test_hamopt_exports() -> None:
     for name in ("create", "list_optimizers", "state_bytes", "expected_state_bytes", "ChainedOptimizer", "chain"):
         assert hasattr(hamopt, name)
+
+
+def test_step_counts_follow_each_parameter_and_survive_checkpoints(tmp_path) -> None:
+    """Per-parameter step counters (0-d views of one vector per bucket) count only the steps
+    a parameter had a gradient, survive a weights_only checkpoint and keep counting after it."""
+    torch.manual_seed(0)
+    ps = [torch.zeros(3, requires_grad=True) for _ in range(3)]
+    opt = hamopt.Lion(ps, lr=0.1)
+    pattern = [(0, 1, 2), (0, 2), (0, 2), (1,), (0, 1, 2)]
+    for live in pattern:
+        for i, p in enumerate(ps):
+            p.grad = torch.randn(3) if i in live else None
+        opt.step()
+    expected = [sum(i in live for live in pattern) for i in range(3)]
+    assert [float(opt.state[p]["step"]) for p in ps] == expected
+    path = tmp_path / "opt.pt"
+    torch.save(opt.state_dict(), path)
+    opt2 = hamopt.Lion([torch.zeros(3, requires_grad=True) for _ in range(3)], lr=0.1)
+    opt2.load_state_dict(torch.load(path, weights_only=True))
+    for p in opt2.param_groups[0]["params"]:
+        p.grad = torch.randn(3)
+    opt2.step()
+    assert [float(opt2.state[p]["step"]) for p in opt2.param_groups[0]["params"]] == [e + 1 for e in expected]
+    # the checkpoint written earlier is not changed by stepping after it
+    assert [float(v["step"]) for v in torch.load(path, weights_only=True)["state"].values()] == expected
+    # a deep copy counts on its own
+    opt3 = copy.deepcopy(opt2)
+    opt3.step()
+    assert float(opt3.state[opt3.param_groups[0]["params"][0]]["step"]) == expected[0] + 2
+    assert float(opt2.state[opt2.param_groups[0]["params"][0]]["step"]) == expected[0] + 1
