@@ -62,6 +62,9 @@ __all__ = [
 
 #: ``ctx.scratch`` key under which :class:`FactoredMomentum` leaves its terms for a reshaper.
 MOMENTUM_TERMS = "factored_momentum_terms"
+#: ``ctx.scratch`` key (with the batch's indices) of the ``k x m x n`` update of a batch that
+#: :class:`ScaleByFactoredRms` returned as views, so a later transform can work on the batch.
+STACKED_OUT = "factored_stacked_out"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -76,17 +79,25 @@ def _check_factored(group: Mapping[str, Any]) -> None:
         raise ValueError(f"Invalid factored: {f!r} (expected True or False)")
 
 
-def row_col_sums(x: Tensor, square: bool = False) -> tuple[Tensor, Tensor]:
+def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Row sums ``X 1_n`` and column sums ``X^T 1_m`` of a matrix ``X`` (``m x n``) or of a
     stack of them (``k x m x n``, giving ``k x m`` and ``k x n``); of ``X^2`` with ``square=True``.
 
     The one place the factored transforms reduce over matrix entries (zero-size matrices
-    give zero sums).
+    give zero sums). With ``square=True`` the squares are written to ``out`` (a tensor of
+    ``x``'s shape the caller owns and may reuse afterwards, e.g. as its output buffer), so
+    no temporary is allocated here. Column sums are a product with ``1_m`` on the CPU
+    (``sum(dim=-2)`` is several times slower there) and a plain ``sum`` elsewhere (exact
+    arithmetic whatever the TF32 matmul setting on CUDA).
     """
     if square:
-        return (torch.linalg.vector_norm(x, dim=-1).square_(),
-                torch.linalg.vector_norm(x, dim=-2).square_())
-    return x.sum(dim=-1), x.sum(dim=-2)
+        x = torch.mul(x, x, out=out) if out is not None else x * x
+    rows = x.sum(dim=-1)
+    if x.device.type == "cpu" and x.dtype.is_floating_point:
+        cols = torch.matmul(x.new_ones(x.shape[-2]), x)
+    else:
+        cols = x.sum(dim=-2)
+    return rows, cols
 
 
 def vector_sums(v: Tensor) -> Tensor:
@@ -114,13 +125,31 @@ def _unstack_(dst: list[Tensor], src: Tensor) -> None:
         torch._foreach_copy_(dst, list(src.unbind(0)))
 
 
+#: Matrices with more entries than this are never stacked (copied into a ``k x m x n``
+#: batch): one pass over them already takes longer than a kernel launch on a GPU, so the
+#: copy would cost more than the launches it saves (and a large fresh buffer is slow on CPU).
+STACK_MAX_NUMEL = 1 << 22
+
+
 def _groups(ctx: StepContext, fac: list[int]) -> list[tuple[int, ...]]:
-    """Factored parameters grouped by matrix shape (``foreach``) or one by one."""
+    """Factored parameters batched by matrix shape and step count (``foreach``), or one by one.
+
+    Matrices of one shape whose parameters have the same step count share their decays, so
+    a batch's decays are one Python scalar (no tensor is built from Python numbers on the
+    device). Large matrices (more than :data:`STACK_MAX_NUMEL` entries) and the per-tensor
+    path (``foreach=False``) use batches of one, which are views, not copies.
+    """
     if not ctx.foreach:
         return [(i,) for i in fac]
-    by: dict[tuple[int, ...], list[int]] = {}
+    by: dict[Any, list[int]] = {}
     for i in fac:
-        by.setdefault(tuple(as_matrix(ctx.grads[i]).shape), []).append(i)
+        shape = tuple(as_matrix(ctx.grads[i]).shape)
+        t = ctx.steps[i]
+        if shape[0] * shape[1] > STACK_MAX_NUMEL:
+            key: Any = ("single", i)
+        else:
+            key = (shape, None if isinstance(t, Tensor) else t)
+        by.setdefault(key, []).append(i)
     return [tuple(v) for v in by.values()]
 
 
@@ -133,6 +162,15 @@ def _stacked_grads(ctx: StepContext, js: tuple[int, ...]) -> Tensor:
     st = _stack([as_matrix(ctx.grads[i]) for i in js])
     ctx.scratch[key] = (ctx.grads, st)
     return st
+
+
+def _stacked_out(ctx: StepContext, js: tuple[int, ...], updates: Sequence[Tensor]) -> Tensor | None:
+    """The ``k x m x n`` tensor whose views are ``updates[js]``, if :class:`ScaleByFactoredRms`
+    made them in this step and they are still those views (else ``None``)."""
+    hit = ctx.scratch.get((STACKED_OUT, js))
+    if hit is None or hit[0] is not ctx.grads or any(updates[i] is not x for i, x in zip(js, hit[1])):
+        return None
+    return hit[2]
 
 
 def _unstacked(st: Tensor, js: tuple[int, ...], like: Sequence[Tensor]) -> list[tuple[int, Tensor]]:
@@ -234,7 +272,9 @@ class ScaleByFactoredRms(Transform):
         for js in _groups(ctx, fac):
             g = _stacked_grads(ctx, js)  # k x m x n (a view when k = 1)
             m, n = g.shape[1], g.shape[2]
-            rows, cols = row_col_sums(g, square=True)
+            # One fresh buffer: G^2 for the sums first, then the update itself.
+            o = torch.empty_like(g, memory_format=torch.contiguous_format)
+            rows, cols = row_col_sums(g, square=True, out=o)
             rows.add_(eps * n)  # (G^2 + eps) 1_n
             cols.add_(eps * m)  # (G^2 + eps)^T 1_m
             rs = [ctx.states[i]["v_row"] for i in js]
@@ -247,11 +287,18 @@ class ScaleByFactoredRms(Transform):
             _unstack_(ss, s)
             # 1 / sqrt(V_ij) = sqrt(1^T r) / sqrt(r_i) / sqrt(s_j)
             rr = r.rsqrt().mul_(vector_sums(r).sqrt_())
-            u = g if updates is ctx.grads else _stack([as_matrix(updates[i]) for i in js])
-            o = u * rr.unsqueeze(2)
+            if updates is ctx.grads:
+                torch.mul(g, rr.unsqueeze(2), out=o)
+            elif len(js) == 1:
+                torch.mul(as_matrix(updates[js[0]]).unsqueeze(0), rr.unsqueeze(2), out=o)
+            else:
+                torch.stack([as_matrix(updates[i]) for i in js], out=o)
+                o.mul_(rr.unsqueeze(2))
             o.mul_(s.rsqrt().unsqueeze(1))
-            for i, x in _unstacked(o, js, updates):
+            views = _unstacked(o, js, updates)
+            for i, x in views:
                 out[i] = x
+            ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
         if full:
             gs = [ctx.grads[i] for i in full]
             v = [ctx.states[i]["v_full"] for i in full]
@@ -502,9 +549,15 @@ class AddNormalizedFactoredMomentum(Transform):
             pb = b / (s / max(m, 1)).sqrt_()  # b / sqrt(s / m)
             pa.mul_(self.coef)
             pb.mul_(self.coef)
-            views = [as_matrix(out[i]) for i in js]
-            ops.add_(views, list(pa.unsqueeze(2).unbind(0)), f)
-            ops.add_(views, list(pb.unsqueeze(1).unbind(0)), f)
+            st = _stacked_out(ctx, js, out)
+            if st is not None:  # the batch's update is one k x m x n tensor: two launches
+                st.add_(pa.unsqueeze(2))
+                st.add_(pb.unsqueeze(1))
+                continue
+            for k, i in enumerate(js):
+                x = as_matrix(out[i])
+                x.add_(pa[k].unsqueeze(1))
+                x.add_(pb[k])
         if fulls:
             idx = list(fulls)
             p = _binary([fulls[i] for i in idx], ops.sqrt([ctx.states[i]["v_full"] for i in idx], f), "div", f)
