@@ -107,19 +107,24 @@ class ChainedOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-        for p in group["params"]:
-            g = p.grad
-            if g is None:
-                continue
-            if g.is_sparse and not self.transform.supports_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients "
-                    f"(parameter of shape {tuple(p.shape)}); use a dense gradient"
-                )
-            buckets.setdefault((p.device, p.dtype), []).append(p)
-        for params in buckets.values():
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        if not self.transform.supports_sparse and any(p.grad.is_sparse for p in params):  # type: ignore[union-attr]
+            p = next(p for p in params if p.grad.is_sparse)  # type: ignore[union-attr]
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients "
+                f"(parameter of shape {tuple(p.shape)}); use a dense gradient"
+            )
+        kinds = [(p.device, p.dtype) for p in params]
+        if kinds.count(kinds[0]) == len(kinds):  # the usual case: one device, one dtype
             self._step_bucket(group, params)
+            return
+        buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p, k in zip(params, kinds):
+            buckets.setdefault(k, []).append(p)
+        for ps in buckets.values():
+            self._step_bucket(group, ps)
 
     def _compute_dtype(self, group: Mapping[str, Any], dtype: torch.dtype) -> torch.dtype:
         sd = group.get("state_dtype")
@@ -142,13 +147,12 @@ class ChainedOptimizer(torch.optim.Optimizer):
         if group.get("maximize", False):
             cgrads = ops.neg(cgrads, foreach)
 
-        states = []
-        for p, cp in zip(params, cparams):
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                self.transform.init(cp, state, group)
-            states.append(state)
+        states = [self.state[p] for p in params]
+        if not all(states):  # lazy state for parameters seen for the first time
+            for state, cp in zip(states, cparams):
+                if len(state) == 0:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    self.transform.init(cp, state, group)
         if _is_compiling():
             step_tensors = [s["step"] for s in states]
             ops.add_(step_tensors, 1.0, foreach=False)
