@@ -148,15 +148,16 @@ def _ref_any(w0, grads, **kw):
 
 
 # ---------------------------------------------------------------------- the rule
+@pytest.mark.parametrize("method", ["eigh", "svd"])
 @pytest.mark.parametrize("two_sided", [False, True], ids=["one_sided", "two_sided"])
 @pytest.mark.parametrize("foreach", [True, False])
-def test_adadiag_matches_numpy_reference(two_sided, foreach):
+def test_adadiag_matches_numpy_reference(two_sided, foreach, method):
     w0s, grads = _data(SHAPES)
     T = 4  # refreshes at 1 (one-sided) / 4, 8, ..., 28
     _, got = run_torch(
         lambda ps: hamopt.AdaDiag(ps, lr=HP["lr"], betas=(HP["b1"], HP["b2"]), eps=HP["eps"],
                                   weight_decay=HP["wd"], svd_interval=T, two_sided=two_sided,
-                                  foreach=foreach),
+                                  foreach=foreach, basis_method=method),
         w0s, grads, 30)
     for w0, gs, w in zip(w0s, grads, got):
         ref = _ref_any(w0, gs, T=T, two_sided=two_sided, **HP)
@@ -198,15 +199,16 @@ def test_rotation_around_amsgrad_matches_reference():
         np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("method", ["eigh", "svd"])
 @pytest.mark.parametrize("b1", [0.0, 0.9], ids=["no_momentum", "momentum"])
 @pytest.mark.parametrize("two_sided", [False, True], ids=["one_sided", "two_sided"])
-def test_adafacdiag_matches_numpy_reference(two_sided, b1):
+def test_adafacdiag_matches_numpy_reference(two_sided, b1, method):
     w0s, grads = _data(SHAPES, seed=7)
     hp = dict(lr=0.01, b1=b1, b2=0.99, eps=1e-30, wd=0.1, d=1.0)
     _, got = run_torch(
         lambda ps: hamopt.AdafacDiag(ps, lr=hp["lr"], betas=(b1, hp["b2"]), eps=hp["eps"],
                                      weight_decay=hp["wd"], clip_threshold=hp["d"], svd_interval=4,
-                                     two_sided=two_sided),
+                                     two_sided=two_sided, basis_method=method),
         w0s, grads, 30)
     mv = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
     for w0, gs, w in zip(w0s, grads, got):
@@ -317,7 +319,7 @@ def test_wide_embedding_svd_is_thin(monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "svd", spy)
     p = torch.nn.Parameter(torch.randn(4000, 16))
-    opt = hamopt.AdaDiag([p], lr=1e-3, svd_interval=2)
+    opt = hamopt.AdaDiag([p], lr=1e-3, svd_interval=2, basis_method="svd")
     for _ in range(2):
         p.grad = torch.randn(4000, 16)
         opt.step()
@@ -327,18 +329,51 @@ def test_wide_embedding_svd_is_thin(monkeypatch):
     assert torch.isfinite(p).all()
 
 
+def test_wide_embedding_eigh_forms_only_the_small_gram(monkeypatch):
+    """basis_method="eigh" (the default) decomposes the 16 x 16 Gram G^T G of a 4000 x 16
+    gradient, in float64, never a 4000 x 4000 one, and calls no SVD."""
+    calls = []
+    real = torch.linalg.eigh
+
+    def spy(a, *args, **kw):
+        calls.append((tuple(a.shape), a.dtype))
+        return real(a, *args, **kw)
+
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    monkeypatch.setattr(torch.linalg, "svd", _always_fail)
+    p = torch.nn.Parameter(torch.randn(4000, 16))
+    opt = hamopt.AdaDiag([p], lr=1e-3, svd_interval=2)
+    for _ in range(2):
+        p.grad = torch.randn(4000, 16)
+        opt.step()
+    assert calls == [((16, 16), torch.float64)] * 2
+    basis = opt.state[p]["basis_right"]
+    assert basis.dtype == torch.float32 and "basis_left" not in opt.state[p]
+    # the basis of the last gradient: the NumPy SVD's right factor (m > n: W^T's left one)
+    q_ref, _ = np_bases(p.grad.double().numpy().T, False)
+    np.testing.assert_allclose(basis.numpy(), q_ref, atol=1e-6)
+
+
 # ---------------------------------------------------------------------- SVD failures
 def _always_fail(*a, **k):
     raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge because the input "
                                    "matrix is ill-conditioned or has too many repeated singular values")
 
 
-def test_svd_failure_keeps_basis_warns_once_and_stays_finite(monkeypatch):
+def _eigh_fails(*a, **k):
+    raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge because the input "
+                                   "matrix is ill-conditioned or has too many repeated eigenvalues")
+
+
+@pytest.mark.parametrize("method", ["eigh", "svd"])
+def test_svd_failure_keeps_basis_warns_once_and_stays_finite(monkeypatch, method):
     monkeypatch.setattr(torch.linalg, "svd", _always_fail)
+    monkeypatch.setattr(torch.linalg, "eigh", _eigh_fails)
     w0s, grads = _data([(4, 6), (6, 4)], steps=20, seed=5)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        _, got = run_torch(lambda ps: hamopt.AdaDiag(ps, lr=0.01, weight_decay=0.1, svd_interval=3), w0s, grads, 20)
+        _, got = run_torch(lambda ps: hamopt.AdaDiag(ps, lr=0.01, weight_decay=0.1, svd_interval=3,
+                                                     basis_method=method), w0s, grads, 20)
     msgs = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)]
     assert len(msgs) == 1 and "failed to converge" in msgs[0], msgs
     for w0, gs, w in zip(w0s, grads, got):
@@ -363,7 +398,7 @@ def test_svd_float32_failure_is_retried_in_float64(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning: the retry succeeded
         ps = [torch.nn.Parameter(torch.tensor(w0s[0], dtype=torch.float32))]
-        opt = hamopt.AdaDiag(ps, lr=0.01, svd_interval=4)
+        opt = hamopt.AdaDiag(ps, lr=0.01, svd_interval=4, basis_method="svd")
         for t in range(8):
             ps[0].grad = torch.tensor(grads[0][t], dtype=torch.float32)
             opt.step()
@@ -374,19 +409,67 @@ def test_svd_float32_failure_is_retried_in_float64(monkeypatch):
     np.testing.assert_allclose(basis.numpy(), p_ref, atol=1e-5)
 
 
-def test_nonfinite_svd_output_keeps_basis(monkeypatch):
+def test_eigh_failure_is_retried_with_the_float64_svd(monkeypatch):
+    """basis_method="eigh": a failing eigh falls back to the float64 SVD, silently."""
     real = torch.linalg.svd
+    seen = []
+
+    def spy(a, full_matrices=True, **kw):
+        seen.append(a.dtype)
+        return real(a, full_matrices=full_matrices, **kw)
+
+    monkeypatch.setattr(torch.linalg, "eigh", _eigh_fails)
+    monkeypatch.setattr(torch.linalg, "svd", spy)
+    w0s, grads = _data([(4, 6)], steps=8, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the retry succeeded
+        ps = [torch.nn.Parameter(torch.tensor(w0s[0], dtype=torch.float32))]
+        opt = hamopt.AdaDiag(ps, lr=0.01, svd_interval=4)
+        for t in range(8):
+            ps[0].grad = torch.tensor(grads[0][t], dtype=torch.float32)
+            opt.step()
+    assert seen == [torch.float64] * 3  # steps 1, 4, 8
+    basis = opt.state[ps[0]]["basis_left"]
+    p_ref, _ = np_bases(grads[0][7].astype(np.float32).astype(np.float64), False)
+    np.testing.assert_allclose(basis.numpy(), p_ref, atol=1e-6)
+
+
+def test_eigh_float64_basis_of_a_float32_gradient_matches_numpy_svd():
+    """The default basis of a float32 gradient is the float64 one rounded to float32 (the
+    Gram is formed in float64), also for an ill-conditioned square gradient."""
+    rng = np.random.default_rng(11)
+    g = rng.standard_normal((64, 64))
+    u, _, vh = np.linalg.svd(g)
+    g = (u * np.geomspace(1.0, 1e-3, 64)) @ vh  # condition number 1e3, squared 1e6
+    g32 = g.astype(np.float32)
+    p = torch.nn.Parameter(torch.zeros(64, 64))
+    opt = hamopt.AdaDiag([p], lr=0.01, svd_interval=10)
+    p.grad = torch.tensor(g32)
+    opt.step()
+    p_ref, _ = np_bases(g32.astype(np.float64), False)
+    np.testing.assert_allclose(opt.state[p]["basis_left"].numpy(), p_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["eigh", "svd"])
+def test_nonfinite_svd_output_keeps_basis(monkeypatch, method):
+    real = torch.linalg.svd
+    real_eigh = torch.linalg.eigh
 
     def nan_svd(a, full_matrices=True, **kw):
         u, s, vh = real(a, full_matrices=full_matrices, **kw)
         return u * float("nan"), s, vh
 
+    def nan_eigh(a, *args, **kw):
+        w, v = real_eigh(a, *args, **kw)
+        return w, v * float("nan")
+
     p = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
-    opt = hamopt.AdaDiag([p], lr=0.01, svd_interval=2)
+    opt = hamopt.AdaDiag([p], lr=0.01, svd_interval=2, basis_method=method)
     p.grad = torch.randn(3, 5, dtype=torch.float64)
     opt.step()  # a good first basis
     good = opt.state[p]["basis_left"].clone()
     monkeypatch.setattr(torch.linalg, "svd", nan_svd)
+    monkeypatch.setattr(torch.linalg, "eigh", nan_eigh)
     with pytest.warns(RuntimeWarning, match="non-finite"):
         p.grad = torch.randn(3, 5, dtype=torch.float64)
         opt.step()  # step 2: refresh fails in float64 too
@@ -444,6 +527,7 @@ def test_resume_is_bit_for_bit_across_a_refresh(kw):
     (dict(first_svd_step=0), "Invalid first_svd_step: 0"),
     (dict(max_precond_dim=0), "Invalid max_precond_dim: 0"),
     (dict(two_sided="yes"), "Invalid two_sided: 'yes'"),
+    (dict(basis_method="qr"), "Invalid basis_method: 'qr'"),
     (dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
     (dict(lr=-1.0), "Invalid learning rate: -1.0"),
 ])
@@ -455,3 +539,89 @@ def test_bad_arguments(kw, msg):
 def test_weight_decay_inside_the_rotation_is_rejected():
     with pytest.raises(ValueError, match="add_decayed_weights"):
         scale_by_svd_rotation(chain(scale_by_adam(), add_decayed_weights()))
+
+
+# ---------------------------------------------------------------------- batched rotations
+BATCH_SHAPES = [(4, 6)] * 3 + [(6, 4)] * 3 + [(5, 5)] * 2 + [(3, 2, 2)] * 2 + [(2, 7), (6,)]
+
+
+@pytest.mark.parametrize("two_sided", [False, True], ids=["one_sided", "two_sided"])
+def test_batched_rotation_equals_per_matrix_and_reference(monkeypatch, two_sided):
+    """foreach=True rotates same-shape matrices with one bmm per side; foreach=False with
+    one mm per matrix. Both equal the NumPy reference, and each other to rounding."""
+    bmm_shapes = []
+    real_bmm = torch.bmm
+
+    def spy(a, b, **kw):
+        bmm_shapes.append(tuple(b.shape) if a.shape[-1] == a.shape[-2] else tuple(a.shape))
+        return real_bmm(a, b, **kw)
+
+    monkeypatch.setattr(torch, "bmm", spy)
+    w0s, grads = _data(BATCH_SHAPES, steps=14, seed=8)
+    kw = dict(lr=HP["lr"], betas=(HP["b1"], HP["b2"]), eps=HP["eps"], weight_decay=HP["wd"],
+              svd_interval=4, two_sided=two_sided, first_svd_step=2)
+    _, batched = run_torch(lambda ps: hamopt.AdaDiag(ps, foreach=True, **kw), w0s, grads, 14)
+    n_batched = len(bmm_shapes)
+    _, single = run_torch(lambda ps: hamopt.AdaDiag(ps, foreach=False, **kw), w0s, grads, 14)
+    assert len(bmm_shapes) == n_batched > 0  # the per-matrix path never batches
+    assert {s[0] for s in bmm_shapes} == {3, 2}  # the groups of 3 and of 2 matrices
+    for w0, gs, a, b in zip(w0s, grads, batched, single):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+        first = 2 if w0.ndim >= 2 else 10**9  # vectors: plain AdamW
+        ref = _ref_any(w0, gs, T=4, two_sided=two_sided, first=first, **HP)
+        np.testing.assert_allclose(a, ref, rtol=1e-9, atol=1e-11)
+
+
+def test_large_matrices_are_rotated_one_by_one(monkeypatch):
+    """Matrices above BATCH_MAX_NUMEL keep one mm each (stacking them would cost more
+    bandwidth than the launches it saves); the result is the same."""
+    from hamopt.transforms import adadiag as mod
+
+    w0s, grads = _data([(4, 6)] * 3, steps=6, seed=9)
+    _, batched = run_torch(lambda ps: hamopt.AdaDiag(ps, lr=0.01, svd_interval=3), w0s, grads, 6)
+    monkeypatch.setattr(mod, "BATCH_MAX_NUMEL", 23)
+    monkeypatch.setattr(torch, "bmm", _always_fail)
+    _, single = run_torch(lambda ps: hamopt.AdaDiag(ps, lr=0.01, svd_interval=3), w0s, grads, 6)
+    for a, b in zip(batched, single):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+
+
+class _Fresh(hamopt.Transform):
+    """Hands a fresh copy of the updates on (so the rotation after it may own its output)."""
+
+    def update(self, ctx, updates):
+        return ctx.fresh([u.clone() for u in updates])
+
+
+class _DoubleInPlace(hamopt.Transform):
+    """u <- 2 u, in place when the chain owns ``updates``."""
+
+    def update(self, ctx, updates):
+        out = ctx.writable(updates)
+        for u in out:
+            u.mul_(2.0)
+        return out
+
+
+@pytest.mark.parametrize("two_sided", [False, True], ids=["one_sided", "two_sided"])
+@pytest.mark.parametrize("foreach", [True, False])
+def test_in_place_inner_on_batched_views(two_sided, foreach):
+    """An inner transform that doubles the rotated updates in place: the rotation round trip
+    L (2 L^T G R) R^T is 2 G for every shape (the batch is reused, not re-stacked)."""
+    shapes = [(4, 6)] * 3 + [(6, 4), (6,)]
+    rng = np.random.default_rng(10)
+    ps = [torch.nn.Parameter(torch.tensor(rng.standard_normal(s))) for s in shapes]
+    opt = hamopt.ChainedOptimizer(
+        ps, dict(lr=1.0),
+        chain(_Fresh(), scale_by_svd_rotation(_DoubleInPlace(), svd_interval=2, two_sided=two_sided,
+                                              first_svd_step=1), scale_by_learning_rate()),
+        foreach=foreach)
+    for _ in range(3):
+        before = [p.detach().clone() for p in ps]
+        gs = [torch.tensor(rng.standard_normal(s)) for s in shapes]
+        for p, g in zip(ps, gs):
+            p.grad = g
+        opt.step()
+        for p, b, g in zip(ps, before, gs):
+            torch.testing.assert_close(p.detach(), b - 2.0 * g, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(opt.state[ps[0]]["basis_left"], torch.eye(4, dtype=torch.float64))
