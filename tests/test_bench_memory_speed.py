@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from hamopt.bench.memory import memory_table
 from hamopt.bench.shapes import MODELS, model_shapes, parse_shapes, total_params
@@ -105,3 +106,26 @@ def test_every_model_table_is_well_formed():
         shapes = model_shapes(name)
         assert shapes and all(isinstance(s, tuple) and all(d > 0 for d in s) for _, s in shapes)
         assert len({n for n, _ in shapes}) == len(shapes)
+
+
+def test_count_step_ops_counts_launches_not_views():
+    from hamopt.bench.speed import count_step_ops
+
+    ps = [torch.zeros(3, 2, requires_grad=True) for _ in range(5)]
+    for p in ps:
+        p.grad = torch.ones(3, 2)
+    # plain SGD without momentum: one p.add_(g, alpha=-lr) per tensor, or one foreach op
+    assert count_step_ops(torch.optim.SGD(ps, lr=0.1, foreach=False)) == {"compute": 5, "foreach": 0}
+    assert count_step_ops(torch.optim.SGD(ps, lr=0.1, foreach=True)) == {"compute": 1, "foreach": 1}
+    assert float(ps[0][0, 0]) == pytest.approx(-0.2)  # both steps really ran
+
+
+def test_speed_json_reports_ops(capsys):
+    rc = main(["speed", "--model", "tiny", "--optimizers", "lion", "--steps", "1", "--repeat", "1",
+               "--warmup", "1", "--no-peers", "--json"])
+    assert rc == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["torch:AdamW(foreach)"]["ops"]["foreach"] >= 4
+    # fused: one kernel for the update and one foreach op for the step counters
+    assert rows["torch:AdamW(fused)"]["ops"] == {"compute": 2, "foreach": 1}
+    assert 0 < rows["lion"]["ops"]["foreach"] <= rows["lion"]["ops"]["compute"]

@@ -9,6 +9,9 @@ each on CUDA); the median step time is reported. The same run measures
   step: the bytes a step must touch at least (parameters read and written, gradients read,
   optimizer state read and written, the state size measured by :func:`hamopt.state_bytes`)
   divided by the step time,
+* the aten operations of one more (untimed) step, ``ops`` (``compute`` and ``foreach``):
+  on a GPU each compute op is a kernel launch, so this column predicts the launch-bound
+  part of the step on machines without one,
 * peer implementations when installed (``pytorch_optimizer``, ``lion_pytorch``, ``grams``),
   as rows labelled ``peer:<module>.<Class>`` with their own default hyperparameters.
 
@@ -37,7 +40,7 @@ from ..registry import OptimizerInfo
 from .common import fill_grads, make_params
 from .shapes import ModelShapes, total_params
 
-__all__ = ["PEERS", "Peer", "measure_bandwidth", "speed_table", "time_optimizer"]
+__all__ = ["PEERS", "Peer", "count_step_ops", "measure_bandwidth", "speed_table", "time_optimizer"]
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,44 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
     return 2 * n * 4 / statistics.median(times) / 1e9
 
 
+_VIEW_OPS = frozenset({
+    "alias", "as_strided", "detach", "expand", "permute", "reshape", "select", "slice", "split",
+    "squeeze", "t", "transpose", "unbind", "unsqueeze", "view", "_unsafe_view", "lift_fresh",
+    "_record_function_enter_new", "_record_function_exit",
+})
+
+
+def count_step_ops(opt: torch.optim.Optimizer) -> dict[str, int]:
+    """The aten operations one ``opt.step()`` dispatches (run it once more, untimed).
+
+    ``compute`` counts operations that launch work (on a GPU each is a kernel launch, about
+    5-10 us of host time; a ``torch._foreach_*`` op is one launch for a whole list), of which
+    ``foreach`` are multi-tensor ops; views and profiler markers are not counted. The count
+    does not depend on the device or on timing noise, so it compares optimizers on a machine
+    without a GPU.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"compute": 0, "foreach": 0}
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            name = func.overloadpacket.__name__
+            if name not in _VIEW_OPS:
+                counts["compute"] += 1
+                counts["foreach"] += name.startswith("_foreach")
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        opt.step()
+    return counts
+
+
 def time_optimizer(factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer], shapes: ModelShapes,
                    device: str | torch.device = "cpu", steps: int = 10, warmup: int = 3, repeat: int = 3,
-                   graph: bool = False) -> dict[str, Any]:
-    """Per-step times (seconds) of ``factory(params)`` on ``shapes`` and its state bytes."""
+                   graph: bool = False, count_ops: bool = False) -> dict[str, Any]:
+    """Per-step times (seconds) of ``factory(params)`` on ``shapes``, its state bytes and
+    (``count_ops``) the operations of one more step (:func:`count_step_ops`)."""
     device = torch.device(device)
     params = make_params([s for _, s in shapes], device=device)
     offsets = fill_grads(params, graph)
@@ -121,13 +158,18 @@ def time_optimizer(factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    ops = None
+    if count_ops:
+        if graph:
+            fill_grads(params, True, offsets=offsets)
+        ops = count_step_ops(opt)
     nbytes = state_bytes(opt)
     finite = all(bool(torch.isfinite(p).all()) for p in params)
     del opt, params, offsets
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return dict(times=times, state_bytes=nbytes, finite=finite)
+    return dict(times=times, state_bytes=nbytes, finite=finite, ops=ops)
 
 
 def _interval_key(info: OptimizerInfo) -> str | None:
@@ -174,7 +216,7 @@ def speed_table(shapes: ModelShapes, optimizers: Sequence[OptimizerInfo], device
                 # variants default to their first SVD at step T, which a huge T never reaches).
                 first = {"first_svd_step": 1} if "first_svd_step" in info.defaults else {}
                 plain = time_optimizer(lambda ps, f=factory, k=key, e=first: f(ps, **{k: 10**9}, **e), shapes,
-                                       graph=graph, **kw)
+                                       graph=graph, count_ops=True, **kw)
                 svd = time_optimizer(lambda ps, f=factory, k=key: f(ps, **{k: 1}), shapes, graph=graph, **kw)
                 p_ms = statistics.median(plain["times"]) * 1e3
                 s_ms = statistics.median(svd["times"]) * 1e3
@@ -184,14 +226,15 @@ def speed_table(shapes: ModelShapes, optimizers: Sequence[OptimizerInfo], device
                 res = plain
                 times = plain["times"]
             else:
-                res = time_optimizer(factory, shapes, graph=graph, **kw)
+                res = time_optimizer(factory, shapes, graph=graph, count_ops=True, **kw)
                 times = res["times"]
                 med = statistics.median(times) * 1e3
             q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0] * 1e3] * 3
             touched = 3 * pbytes + 2 * res["state_bytes"]
             gbs = touched / (med / 1e3) / 1e9 if med > 0 else float("nan")
             row.update(median_ms=med, p25_ms=q[0] * 1e3, p75_ms=q[2] * 1e3, state_bytes=res["state_bytes"],
-                       bytes_touched=touched, gbs=gbs, frac_bandwidth=gbs / bw, finite=res["finite"])
+                       bytes_touched=touched, gbs=gbs, frac_bandwidth=gbs / bw, finite=res["finite"],
+                       ops=res["ops"])
         except Exception as e:  # one broken optimizer is a row with an error, not a crash
             row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
         rows.append(row)

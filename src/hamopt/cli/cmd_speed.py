@@ -34,6 +34,11 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _ops(ops: dict[str, int] | None) -> str:
+    """``compute/foreach`` operations of one step (``-`` when not counted)."""
+    return "-" if not ops else f"{ops['compute']}/{ops['foreach']}"
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
           f"copy bandwidth {t['bandwidth_gbs']:.1f} GB/s; median of {t['steps'] * t['repeat']} steps")
     w = max(len(r["name"]) for r in t["rows"])
     print(f"{'optimizer':<{w}}  {'ms/step':>9}  {'GB/s':>7}  {'% bw':>5}  {'vs foreach':>10}  {'vs fused':>8}  "
-          f"{'state':>10}  notes")
+          f"{'state':>10}  {'ops':>9}  notes")
     for r in t["rows"]:
         if r["error"]:
             print(f"{r['name']:<{w}}  ERROR {r['error']}")
@@ -90,5 +95,5 @@ def run(args: argparse.Namespace) -> int:
             note += " (non-finite parameters after the timed steps)"
         print(f"{r['name']:<{w}}  {r['median_ms']:>9.3f}  {r['gbs']:>7.1f}  {100 * r['frac_bandwidth']:>5.1f}  "
               f"{_fmt(r['vs_adamw_foreach'], '>10.2f')}  {_fmt(r['vs_adamw_fused'], '>8.2f')}  "
-              f"{fmt_bytes(r['state_bytes']):>10}  {note}")
+              f"{fmt_bytes(r['state_bytes']):>10}  {_ops(r['ops']):>9}  {note}")
     return 0
