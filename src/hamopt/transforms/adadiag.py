@@ -323,80 +323,81 @@ class ScaleBySvdRotation(Transform):
         first = self._first(group)
         steps = _host_steps(ctx.steps)
         same = updates is ctx.grads
-        count = len(updates)
+        foreach = ctx.foreach
         rot_u: list[Tensor] = list(updates)
         rot_g: list[Tensor] = rot_u if same else list(ctx.grads)
         mats: list[Tensor] = list(ctx.params)
-        # The rotated parameters, batched by (shape, left?, right?, dtype, device).
+        # The rotated parameters in batches of equal (shape, left?, right?); one bucket has
+        # one dtype and one device. A key (i,) is a batch of one (plain mm).
         batches: dict[tuple[Any, ...], list[int]] = {}
         for i, s in enumerate(ctx.states):
             left, right = s.get(LEFT), s.get(RIGHT)
             if left is None and right is None:
                 continue
-            u = as_matrix(updates[i])
-            mats[i] = as_matrix(ctx.params[i])
-            rot_u[i] = u
+            u = rot_u[i] = as_matrix(updates[i])
+            mats[i] = as_matrix(mats[i])
             if not same:
-                rot_g[i] = as_matrix(ctx.grads[i])
-            if steps[i] < first:
-                continue
+                rot_g[i] = as_matrix(rot_g[i])
             t = steps[i]
+            if t < first:
+                continue
             if t == first or t % interval == 0:
                 self._refresh(s, u, group)
-            key: tuple[Any, ...] = (tuple(u.shape), left is not None, right is not None, u.dtype, u.device)
-            if not ctx.foreach or u.numel() > BATCH_MAX_NUMEL:
-                key = (i,)  # a batch of one: plain mm
+            if foreach and u.numel() <= BATCH_MAX_NUMEL:
+                key: tuple[Any, ...] = (u.shape, left is None, right is None)
+            else:
+                key = (i,)
             batches.setdefault(key, []).append(i)
 
-        active = [False] * count
-        stacked: dict[tuple[Any, ...], tuple[Tensor, Tensor | None, Tensor | None]] = {}
-        for key, idx in batches.items():
-            lefts = [ctx.states[i].get(LEFT) for i in idx]
-            rights = [ctx.states[i].get(RIGHT) for i in idx]
+        states = ctx.states
+        rotated: list[tuple[list[int], Tensor | None, Tensor | None, Tensor | None]] = []
+        for idx in batches.values():
             if len(idx) == 1:
-                left, right = lefts[0], rights[0]
                 i = idx[0]
+                left, right = states[i].get(LEFT), states[i].get(RIGHT)
                 rot_u[i] = _rotate(rot_u[i], left, right)
                 if not same:
                     rot_g[i] = _rotate(rot_g[i], left, right)
-                active[i] = True
+                rotated.append((idx, left, right, None))
                 continue
-            lb = torch.stack(lefts) if lefts[0] is not None else None  # type: ignore[arg-type]
-            rb = torch.stack(rights) if rights[0] is not None else None  # type: ignore[arg-type]
+            s0 = states[idx[0]]
+            lb = torch.stack([states[i][LEFT] for i in idx]) if LEFT in s0 else None
+            rb = torch.stack([states[i][RIGHT] for i in idx]) if RIGHT in s0 else None
             ru = _rotate(torch.stack([rot_u[i] for i in idx]), lb, rb)
-            stacked[key] = (ru, lb, rb)
             for i, r in zip(idx, ru.unbind(0)):
                 rot_u[i] = r
-                active[i] = True
             if not same:
                 for i, r in zip(idx, _rotate(torch.stack([rot_g[i] for i in idx]), lb, rb).unbind(0)):
                     rot_g[i] = r
+            rotated.append((idx, lb, rb, ru))
         if same:
             rot_g = list(rot_u)
+        all_active = sum(len(idx) for idx in batches.values()) == len(updates)
 
         sub = StepContext(
-            group=group, params=mats, grads=rot_g, states=ctx.states, steps=ctx.steps,
-            foreach=ctx.foreach, scratch=ctx.scratch,
+            group=group, params=mats, grads=rot_g, states=states, steps=ctx.steps,
+            foreach=foreach, scratch=ctx.scratch,
         )
-        if all(active) and not same:
+        if all_active and not same:
             sub.fresh(rot_u)  # every tensor was allocated here and aliases nothing else
         inner_out = self.inner.update(sub, rot_u)
         inner_owned = sub._owned is inner_out
 
-        out = [inner_out[i].reshape(ctx.params[i].shape) for i in range(count)]
-        for key, idx in batches.items():
-            if len(idx) == 1:
-                i = idx[0]
-                s = ctx.states[i]
-                out[i] = _rotate_back(inner_out[i], s.get(LEFT), s.get(RIGHT)).reshape(ctx.params[i].shape)
+        out = list(inner_out)
+        for idx, lb, rb, ru in rotated:
+            if ru is None:
+                out[idx[0]] = _rotate_back(out[idx[0]], lb, rb)
                 continue
-            ru, lb, rb = stacked[key]
             # An inner transform that worked in place on the rotated views hands back the
             # batch itself: no second stack.
-            u = ru if all(inner_out[i] is rot_u[i] for i in idx) else torch.stack([inner_out[i] for i in idx])
+            u = ru if all(out[i] is rot_u[i] for i in idx) else torch.stack([out[i] for i in idx])
             for i, d in zip(idx, _rotate_back(u, lb, rb).unbind(0)):
-                out[i] = d.reshape(ctx.params[i].shape)
-        if inner_owned or all(active):
+                out[i] = d
+        params = ctx.params
+        for i, d in enumerate(out):
+            if d.dim() != params[i].dim():  # the matrix view of a tensor with 3+ dims
+                out[i] = d.reshape(params[i].shape)
+        if inner_owned or all_active:
             return ctx.fresh(out)
         return out
 
