@@ -15,6 +15,7 @@ import torch
 import hamopt
 from hamopt.transforms import (
     add_decayed_weights_after_step,
+    ams_decay_before_lr,
     make_cautious,
     make_grams,
     scale_by_adam_moments,
@@ -153,8 +154,7 @@ def _adam_chain(ps, lr, betas, eps):
     # the shell fuses a trailing scale_by_learning_rate() into the parameter update, which
     # rounds differently from multiplying first.
     return hamopt.ChainedOptimizer(ps, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0),
-                                   [scale_by_adam_moments(), scale_by_learning_rate(),
-                                    add_decayed_weights_after_step()])
+                                   [scale_by_adam_moments(), ams_decay_before_lr(), scale_by_learning_rate()])
 
 
 @pytest.mark.parametrize("lam", [-1.0, 0.0, 0.37, 3.0])
@@ -448,3 +448,117 @@ def test_figure_1_toy_steps_to_target(w0):
     assert max(n["grams"], n["adam"], n["cadam"]) < min(n["lion"], n["clion"]), n
     assert n["cadam"] <= n["grams"] <= n["adam"], n
     assert n["clion"] <= n["lion"] <= 6000, n
+
+
+# ------------------------------------------------------------------ fast paths vs the plain chains
+def _plain_ams(ps, **kw):
+    # Algorithm 1 as the public transforms spell it: mask with its factor, then -lr, then
+    # the decay of the stepped weights. The named optimizers use a merged tail instead.
+    from hamopt.transforms import scale_by_ams
+
+    defaults = dict(lr=0.01, betas=(0.9, 0.99, 0.0), eps=1e-8, weight_decay=0.0, misaligned_scale=-1.0)
+    defaults.update(kw)
+    return hamopt.ChainedOptimizer(ps, defaults, [scale_by_adam_moments(), scale_by_ams(), scale_by_learning_rate(),
+                                                  add_decayed_weights_after_step()])
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("b3,lam,wd", [(0.0, -1.0, 0.0), (0.0, -1.0, 0.1), (0.0, 0.0, 0.0), (0.0, 0.0, 0.2),
+                                       (0.9, 0.5, 0.05), (0.5, 2.0, 0.0), (0.9, 1.0, 0.1)])
+def test_ams_merged_tail_equals_the_plain_chain(b3, lam, wd, foreach):
+    grads, w0 = _grads(30), _init(31)
+    kw = dict(lr=0.01, betas=(0.9, 0.99, b3), eps=1e-8, weight_decay=wd, misaligned_scale=lam)
+    ours, _ = _run_torch(lambda ps: hamopt.AMS(ps, **kw, foreach=foreach), grads, w0)
+    plain, _ = _run_torch(lambda ps: _plain_ams(ps, **kw, foreach=foreach), grads, w0)
+    _close(ours, plain, rtol=1e-12, atol=1e-14)
+
+
+def test_ams_merged_tail_with_tensor_lr_and_weight_decay():
+    grads, w0 = _grads(32, steps=20), _init(33)
+    for kw in (dict(misaligned_scale=0.0), dict(misaligned_scale=-1.0), dict(misaligned_scale=0.5)):
+        base = dict(betas=(0.9, 0.99, 0.0), eps=1e-8, **kw)
+        ref, _ = _run_torch(lambda ps, base=base: hamopt.AMS(ps, lr=0.01, weight_decay=0.1, **base), grads, w0)
+        tens, _ = _run_torch(lambda ps, base=base: hamopt.AMS(
+            ps, lr=torch.tensor(0.01, dtype=torch.float64), weight_decay=torch.tensor(0.1, dtype=torch.float64),
+            **base), grads, w0)
+        plain, _ = _run_torch(lambda ps, base=base: _plain_ams(
+            ps, lr=torch.tensor(0.01, dtype=torch.float64), weight_decay=torch.tensor(0.1, dtype=torch.float64),
+            **base), grads, w0)
+        _close(tens, ref, rtol=1e-12, atol=1e-14)
+        _close(plain, ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_mask_factors_exact_with_guards(foreach):
+    from hamopt.transforms.ams import _mask_factors
+
+    # misaligned counts m of tensors of sizes d: factor d / ((d - m) + a m), 1 where that is 0
+    sizes = [6, 6, 5, 0, 1, 16_000_000]
+    mis = [0.0, 6.0, 2.0, 0.0, 1.0, 123_457.0]
+    for a in (0.0, 0.5, 1.0, 2.0):
+        got = _mask_factors([torch.tensor(m, dtype=torch.float64) for m in mis], sizes, a, foreach)
+        for g, d, m in zip(got, sizes, mis):
+            den = (d - m) + a * m
+            want = d / den if den > 0 else 1.0
+            assert g.dim() == 0 and float(g) == want, (a, d, m, float(g), want)
+
+
+def test_cautious_mask_on_a_vanishing_gradient_keeps_the_update():
+    # 1[u*g >= 0] keeps u where g == 0 exactly (an unused embedding row): the step equals Adam's
+    # there, and the factor counts those coordinates as aligned.
+    w0 = [np.arange(1.0, 7.0).reshape(2, 3)]
+    g1 = [np.ones((2, 3))]
+    g2 = [np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])]
+    ours, _ = _run_torch(lambda ps: hamopt.CAdamW(ps, lr=0.1), [g1[0:1], g2[0:1]], w0)
+    _close(ours, cautious_adam_reference([g1, g2], w0, 0.1, 0.9, 0.999, 1e-8, 0.0))
+
+
+@pytest.mark.parametrize("name", ["ams", "grams", "cadamw", "clion"])
+def test_step_has_no_host_device_transfer(name):
+    # A host-to-device copy (torch.tensor(..., device=...)) or a read of a device value would
+    # synchronise a CUDA stream inside the step. On CPU we check the ops that would do it.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hamopt.core.transform import StepContext
+    from hamopt.transforms.ams import ScaleByAms
+
+    seen: list[str] = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    ps = [torch.nn.Parameter(torch.randn(4, 5)), torch.nn.Parameter(torch.randn(3)),
+          torch.nn.Parameter(torch.zeros(0, 2))]
+    opt = hamopt.create(name, ps, weight_decay=0.1) if name != "ams" else hamopt.AMS(
+        ps, weight_decay=0.1, betas=(0.9, 0.999, 0.5), misaligned_scale=0.3)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    with Spy():
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        # only the transforms' own work (the shell's step counters are not theirs)
+        states = [opt.state[p] for p in ps]
+        ctx = StepContext(group=opt.param_groups[0], params=[p.detach() for p in ps], grads=[p.grad for p in ps],
+                          states=states, steps=[3.0] * 3, foreach=True)
+        opt.transform.update(ctx, ctx.grads)
+    assert any(isinstance(t, ScaleByAms) for t in opt.transform.children())
+    bad = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "item", "_to_copy", "copy_", "stack"}
+    assert not bad & set(seen), sorted(bad & set(seen))
+
+
+def test_scale_by_adam_moments_is_scale_by_adam_with_ams_betas():
+    from hamopt.transforms import ScaleByAdam, ScaleByAdamMoments
+
+    t = scale_by_adam_moments()
+    assert isinstance(t, ScaleByAdam) and isinstance(t, ScaleByAdamMoments)
+    assert type(t).update is ScaleByAdam.update
+    t.validate(dict(betas=(0.9, 0.99, 0.5), eps=1e-8))
+    t.validate(dict(betas=(0.9, 0.99), eps=1e-8))
+    with pytest.raises(ValueError, match=r"expected \(b1, b2\) or \(b1, b2, b3\)"):
+        t.validate(dict(betas=(0.9,), eps=1e-8))
+    with pytest.raises(ValueError, match=r"expected 2 values"):
+        ScaleByAdam().validate(dict(betas=(0.9, 0.99, 0.5), eps=1e-8))

@@ -20,7 +20,7 @@ import torch
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..registry import OptimizerInfo, numel, register
 from ..transforms.ams import (
-    add_decayed_weights_after_step,
+    ams_decay_before_lr,
     scale_by_adam_moments,
     scale_by_ams,
     scale_by_cautious,
@@ -81,7 +81,10 @@ class AMS(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, misaligned_scale=misaligned_scale),
-            [scale_by_adam_moments(), scale_by_ams(), scale_by_learning_rate(), add_decayed_weights_after_step()],
+            # = [..., scale_by_ams(), scale_by_learning_rate(), add_decayed_weights_after_step()]
+            # with the mask's factor merged into the decay and the -lr fused into the update.
+            [scale_by_adam_moments(), scale_by_ams(apply_factor=False), ams_decay_before_lr(),
+             scale_by_learning_rate()],
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 

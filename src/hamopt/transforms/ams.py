@@ -40,13 +40,16 @@ from torch import Tensor
 from ..core import ops
 from ..core import validation as V
 from ..core.optimizer import ChainedOptimizer
-from ..core.transform import Chain, StepContext, Transform, bias_correction, state_like
+from ..core.transform import Chain, StepContext, Transform, state_like
+from .common import ScaleByAdam
 
 __all__ = [
     "AddDecayedWeightsAfterStep",
+    "AmsDecayBeforeLr",
     "ScaleByAdamMoments",
     "ScaleByAms",
     "add_decayed_weights_after_step",
+    "ams_decay_before_lr",
     "check_ams_betas",
     "make_cautious",
     "make_grams",
@@ -58,16 +61,18 @@ __all__ = [
 ]
 
 LR_SCALE = "lr_scale"
+PENDING = "ams_pending"
 
 
 def tensor_sums(xs: Sequence[Tensor], foreach: bool) -> list[Tensor]:
-    """``sum(x)`` of each (non-negative) tensor as a 0-d tensor; 0 for zero-size tensors.
+    """``||x||_1`` of each tensor as a 0-d tensor (the sum of a non-negative one; the count
+    of a 0/-1 mask); 0 for zero-size tensors.
 
     The only whole-tensor reduction of this module (under sharding it needs an all-reduce).
     """
     if foreach and len(xs) > 0:
         return list(torch._foreach_norm(list(xs), 1))
-    return [x.sum() for x in xs]
+    return [torch.linalg.vector_norm(x, 1) for x in xs]
 
 
 def check_ams_betas(betas: Any) -> None:
@@ -77,58 +82,67 @@ def check_ams_betas(betas: Any) -> None:
         raise ValueError(f"Invalid betas: {tuple(betas)!r} (expected (b1, b2) or (b1, b2, b3))")
 
 
-def _sqrt(x: Any) -> Any:
-    return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
+def _affine(xs: list[Tensor], mul: float, add: Sequence[float], foreach: bool) -> list[Tensor]:
+    """Fresh ``mul * x + add_i`` for 0-d tensors ``xs`` (two small kernels, Python scalars only)."""
+    if foreach:
+        out = list(torch._foreach_mul(xs, mul))
+        torch._foreach_add_(out, list(add))
+        return out
+    return [x.mul(mul).add_(c) for x, c in zip(xs, add)]
 
 
-def _mask_factors(h: list[Tensor], a: float, foreach: bool) -> list[Tensor]:
-    """``d / (sum(h) + a (d - sum(h)))`` per tensor (``d`` its size), 1 where that is 0/0 or x/0."""
-    if not h:
+def _scaled(xs: list[Tensor], c: Any, foreach: bool) -> list[Tensor]:
+    """Fresh ``c * x`` for 0-d tensors ``xs`` (``c`` a Python number or a 0-d tensor)."""
+    if foreach:
+        return list(torch._foreach_mul(xs, c))
+    return [x * c for x in xs]
+
+
+def _mask_factors(misaligned: list[Tensor], sizes: Sequence[int], a: float, foreach: bool) -> list[Tensor]:
+    """``d / (n + a (d - n))`` per tensor, ``d`` its size and ``n = d - misaligned`` the
+    aligned count; 1 where the denominator is 0 (``a = 0`` with nothing aligned, or ``d = 0``).
+
+    ``misaligned`` are integer-valued 0-d counts ``m`` on the device. Everything is device
+    arithmetic with Python scalars (no host-to-device copy, so no synchronisation with the
+    GPU) on lists of 0-d tensors (one small kernel per operation with ``foreach``). The
+    guard is exact: for ``a = 0``, ``z = min(n, 1)`` is 1 where ``n >= 1`` and 0 where
+    ``n = 0``, and the factor is ``d / (d - z m)`` (``d / n``, or ``d / d``); for ``a > 0``
+    the denominator is at least ``min(a, 1) d > 0``. A zero-size tensor counts as ``d = 1``
+    (factor 1).
+    """
+    if not misaligned:
         return []
-    n = torch.stack(tensor_sums(h, foreach))
-    d = torch.tensor([float(x.numel()) for x in h], dtype=n.dtype, device=n.device)
-    den = n + a * (d - n) if a != 0.0 else n
-    fac = torch.where(den > 0, d / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(den))
-    return list(fac.unbind(0))
+    f = foreach
+    m = misaligned
+    n = _affine(m, -1.0, [float(k) if k > 0 else 1.0 for k in sizes], f)  # aligned count d - m (exact)
+    if f:
+        d = list(torch._foreach_add(n, m))  # d on the device (exact)
+        if a == 0.0:
+            z = list(torch._foreach_clamp_max(n, 1.0))  # 1[n >= 1]
+            den = list(torch._foreach_addcmul(d, z, m, value=-1.0))  # n if n >= 1 else d
+        else:
+            den = list(torch._foreach_mul(m, a))
+            torch._foreach_add_(den, n)
+        torch._foreach_div_(d, den)
+        return d
+    out = []
+    for mi, ni in zip(m, n):
+        d = ni + mi
+        den = torch.addcmul(d, ni.clamp_max(1.0), mi, value=-1.0) if a == 0.0 else mi.mul(a).add_(ni)
+        out.append(d.div_(den))
+    return out
 
 
-class ScaleByAdamMoments(Transform):
+class ScaleByAdamMoments(ScaleByAdam):
     """Adam's direction ``u = mhat / (sqrt(vhat) + eps)`` (AMS Algorithm 1, lines 5, 7-10).
 
-    Like :class:`hamopt.transforms.ScaleByAdam`, but reads only ``betas[0]`` and
-    ``betas[1]`` (AMS's ``betas`` has a third entry) and uses two fewer passes over memory:
-    ``u = m / (sqrt(v) + eps sqrt(1-b2^t)) * (sqrt(1-b2^t) / (1-b1^t))``, algebraically
-    the same as Adam's ``(m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)``. State ``exp_avg``,
-    ``exp_avg_sq``.
+    :class:`hamopt.transforms.ScaleByAdam` itself (the same code), accepting AMS's
+    ``betas = (b1, b2)`` or ``(b1, b2, b3)`` (only ``b1``, ``b2`` are read here; ``b3``
+    belongs to :func:`scale_by_ams`). State ``exp_avg``, ``exp_avg_sq``.
     """
 
-    state_keys = ("exp_avg", "exp_avg_sq")
-    hyperparams = ("betas", "eps")
-
-    def validate(self, group: Mapping[str, Any]) -> None:
-        check_ams_betas(group["betas"])
-        V.check_eps(group["eps"])
-
-    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
-        state["exp_avg"] = state_like(param, group)
-        state["exp_avg_sq"] = state_like(param, group)
-
-    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        betas = ctx.group["betas"]
-        b1, b2 = betas[0], betas[1]
-        eps = ctx.group["eps"]
-        m, v = ctx.state("exp_avg"), ctx.state("exp_avg_sq")
-        f = ctx.foreach
-        ops.lerp_(m, updates, 1.0 - b1, f)
-        ops.mul_(v, b2, f)
-        ops.addcmul_(v, updates, updates, 1.0 - b2, f)
-        bc1 = bias_correction(b1, ctx.steps)
-        sbc2 = [_sqrt(b) for b in bias_correction(b2, ctx.steps)]
-        denom = ops.sqrt(v, f)
-        ops.add_(denom, [eps * s for s in sbc2], f)
-        out = list(torch._foreach_div(m, denom)) if f else [a / b for a, b in zip(m, denom)]
-        ops.mul_(out, [s / b for s, b in zip(sbc2, bc1)], f)
-        return ctx.fresh(out)
+    def __init__(self) -> None:
+        super().__init__(amsgrad=False, nbetas=(2, 3))
 
     def __repr__(self) -> str:
         return "scale_by_adam_moments()"
@@ -153,11 +167,16 @@ class ScaleByAms(Transform):
         sign_decay_index: where ``b3`` sits in ``group["betas"]`` (a missing entry means 0);
             ``None`` fixes ``b3 = 0``.
         key: state key of the ``s`` buffer.
+        apply_factor: multiply ``u`` by ``factor`` here (default). ``False`` leaves that
+            multiply to a following :class:`AmsDecayBeforeLr`, which merges it with the
+            weight decay's (one pass fewer); the factor is then in
+            ``ctx.scratch["ams_pending"]``.
     """
 
     def __init__(self, misaligned_scale: float | None = None, sign_decay_index: int | None = 2,
-                 key: str = "sign_avg") -> None:
+                 key: str = "sign_avg", apply_factor: bool = True) -> None:
         self.fixed_scale = misaligned_scale
+        self.apply_factor = apply_factor
         self.index = sign_decay_index
         self.key = key
         self.state_keys = (key,) if sign_decay_index is not None else ()
@@ -205,6 +224,7 @@ class ScaleByAms(Transform):
         s = self._signal(ctx)
         f = ctx.foreach
         ctx.scratch[LR_SCALE] = None
+        ctx.scratch[PENDING] = None
         if lam == 1.0:
             return updates
         out = ctx.writable(updates)
@@ -217,22 +237,21 @@ class ScaleByAms(Transform):
                 for u, g in zip(out, s):
                     u.abs_().mul_(g.sign())
             return out
-        # h = 1[u*s >= 0] as clamp_max(sign(u*s) + 1, 1): three in-place passes, no bool tensors.
-        h = list(torch._foreach_mul(out, s)) if f else [u * g for u, g in zip(out, s)]
-        ops.sign_(h, f)
-        ops.add_(h, 1.0, f)
+        # x = -1[u*s < 0] as clamp_max(sign(u*s), 0): one temporary, two in-place passes.
+        x = list(torch._foreach_mul(out, s)) if f else [u * g for u, g in zip(out, s)]
+        ops.sign_(x, f)
         if f:
-            torch._foreach_clamp_max_(h, 1.0)
+            torch._foreach_clamp_max_(x, 0.0)
         else:
-            for x in h:
-                x.clamp_max_(1.0)
-        factors = _mask_factors(h, abs(lam), f)
-        if lam == 0.0:
-            ops.mul_(out, h, f)  # u * h
+            for t in x:
+                t.clamp_max_(0.0)
+        factors = _mask_factors(tensor_sums(x, f), [u.numel() for u in out], abs(lam), f)
+        # u <- u + (1 - lam) u x = (h + lam (1 - h)) u, h = 1 + x; for lam = 0 exactly u h.
+        ops.addcmul_(out, out, x, 1.0 - lam, f)
+        if self.apply_factor:
+            ops.mul_(out, factors, f)
         else:
-            ops.mul_(h, out, f)  # h <- u * h;  u <- u + (1 - lam)(u h - u) = (h + lam (1-h)) u
-            ops.lerp_(out, h, 1.0 - lam, f)
-        ops.mul_(out, factors, f)
+            ctx.scratch[PENDING] = factors
         ctx.scratch[LR_SCALE] = factors
         return out
 
@@ -269,14 +288,77 @@ class AddDecayedWeightsAfterStep(Transform):
             ops.mul_(out, 1.0 - c, f)  # delta (1 - c) - c w
             ops.add_(out, ctx.params, f, alpha=-c)
             return out
-        cs = [c] * len(out) if factors is None else [c * k for k in factors]
-        ops.mul_(out, [1.0 - c for c in cs], f)
-        # out += params * (-c), c a 0-d tensor per parameter (broadcast, no temporaries)
-        ops.addcmul_(out, ctx.params, [-c for c in cs], 1.0, f)
+        if factors is None:  # a tensor lr or weight decay
+            ops.mul_(out, 1.0 - c, f)
+            ops.addcmul_(out, ctx.params, [c] * len(out), -1.0, f)
+            return out
+        cs = _scaled(factors, c, f)  # c k per parameter, 0-d tensors
+        ops.mul_(out, _affine(cs, -1.0, [1.0] * len(cs), f), f)
+        # out += params * (-c k), a 0-d tensor per parameter (broadcast, no temporaries)
+        ops.addcmul_(out, ctx.params, cs, -1.0, f)
         return out
 
     def __repr__(self) -> str:
         return "add_decayed_weights_after_step()"
+
+
+class AmsDecayBeforeLr(Transform):
+    """AMS's weight decay (Algorithm 1, line 16) placed *before* ``scale_by_learning_rate``.
+
+    The same step as ``scale_by_learning_rate(), add_decayed_weights_after_step()``, written
+    so that the optimizer shell can fuse the trailing ``-lr`` into the parameter update
+    (two passes over memory fewer) and so that a mask's factor ``k`` deferred by
+    ``ScaleByAms(apply_factor=False)`` is merged with the decay's multiply. With ``k`` the
+    factor (1 without a mask), ``c = lr wd k`` and ``u`` the incoming update::
+
+        u <- k (1 - c) u + wd k w        (then p <- p - lr u)
+
+    so ``p <- (1 - c) (p - lr k u) = (1 - lr^ wd)(w - lr^ u^)`` with ``lr^ = lr k``, as
+    Algorithm 1. Without weight decay it only applies a deferred factor. Reads ``lr``,
+    ``weight_decay`` and ``ctx.scratch["lr_scale"]`` / ``["ams_pending"]``.
+    """
+
+    hyperparams = ("lr", "weight_decay")
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        V.check_weight_decay(group["weight_decay"])
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        wd = ctx.group["weight_decay"]
+        factors = ctx.scratch.get(LR_SCALE)
+        pending = ctx.scratch.get(PENDING)
+        ctx.scratch[PENDING] = None
+        f = ctx.foreach
+        no_decay = not isinstance(wd, Tensor) and wd == 0
+        if no_decay and pending is None:
+            return updates
+        out = ctx.writable(updates)
+        if no_decay:
+            ops.mul_(out, pending, f)
+            return out
+        lr = ctx.group["lr"]
+        c = lr * wd
+        if factors is None:
+            ops.mul_(out, 1.0 - c, f)
+            if isinstance(wd, Tensor):
+                ops.addcmul_(out, ctx.params, [wd] * len(out), 1.0, f)
+            else:
+                ops.add_(out, ctx.params, f, alpha=wd)
+            return out
+        scale = _affine(_scaled(factors, c, f), -1.0, [1.0] * len(factors), f)  # 1 - c k
+        if pending is not None:
+            ops.mul_(scale, pending, f)  # k (1 - c k)
+        ops.mul_(out, scale, f)
+        ops.addcmul_(out, ctx.params, _scaled(factors, wd, f), 1.0, f)  # + wd k w
+        return out
+
+    def __repr__(self) -> str:
+        return "ams_decay_before_lr()"
+
+
+def ams_decay_before_lr() -> AmsDecayBeforeLr:
+    """See :class:`AmsDecayBeforeLr`."""
+    return AmsDecayBeforeLr()
 
 
 def scale_by_adam_moments() -> ScaleByAdamMoments:
@@ -284,9 +366,12 @@ def scale_by_adam_moments() -> ScaleByAdamMoments:
     return ScaleByAdamMoments()
 
 
-def scale_by_ams(key: str = "sign_avg") -> ScaleByAms:
-    """The full AMS mask: ``lam = group["misaligned_scale"]``, ``b3 = group["betas"][2]``."""
-    return ScaleByAms(misaligned_scale=None, sign_decay_index=2, key=key)
+def scale_by_ams(key: str = "sign_avg", apply_factor: bool = True) -> ScaleByAms:
+    """The full AMS mask: ``lam = group["misaligned_scale"]``, ``b3 = group["betas"][2]``.
+
+    ``apply_factor=False`` defers the factor to a following :func:`ams_decay_before_lr`.
+    """
+    return ScaleByAms(misaligned_scale=None, sign_decay_index=2, key=key, apply_factor=apply_factor)
 
 
 def scale_by_cautious() -> ScaleByAms:
@@ -310,7 +395,7 @@ def _insert_mask(optimizer: ChainedOptimizer, mask: Transform) -> ChainedOptimiz
     if any(len(s) for s in optimizer.state.values()):
         raise RuntimeError("insert the mask before the first step (the optimizer already has state)")
     ts = list(optimizer.transform.children()) if isinstance(optimizer.transform, Chain) else [optimizer.transform]
-    tail = (AddDecayedWeights, ScaleByLearningRate, AddDecayedWeightsAfterStep)
+    tail = (AddDecayedWeights, ScaleByLearningRate, AddDecayedWeightsAfterStep, AmsDecayBeforeLr)
     at = next((i for i, t in enumerate(ts) if isinstance(t, tail)), None)
     if at is None:
         raise ValueError(f"{type(optimizer).__name__}'s chain has no add_decayed_weights/scale_by_learning_rate "

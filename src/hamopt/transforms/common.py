@@ -44,22 +44,40 @@ __all__ = [
 class ScaleByAdam(Transform):
     """Adam's bias-corrected moment ratio (Kingma and Ba 2015, Algorithm 1).
 
-    Reads ``betas = (b1, b2)`` and ``eps`` from the group. State ``exp_avg``, ``exp_avg_sq``
-    (and ``max_exp_avg_sq`` with ``amsgrad=True``, Reddi et al. 2018)::
+    Reads ``betas[0]``, ``betas[1]`` and ``eps`` from the group. State ``exp_avg``,
+    ``exp_avg_sq`` (and ``max_exp_avg_sq`` with ``amsgrad=True``, Reddi et al. 2018)::
 
         m = b1 m + (1 - b1) g
         v = b2 v + (1 - b2) g^2                   (amsgrad: vmax = max(vmax, v), use vmax)
         u = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    computed in the algebraically equal form with fewer passes over memory,
+    ``u = m / (sqrt(v) + eps sqrt(1-b2^t)) * (sqrt(1-b2^t) / (1-b1^t))`` (one temporary
+    for the denominator, one for ``u``; the bias corrections are per-parameter scalars).
+
+    Args:
+        amsgrad: keep the running maximum of ``v`` and divide by it.
+        nbetas: the lengths of ``betas`` that :meth:`validate` accepts (``(2,)`` for Adam;
+            AMS passes ``(2, 3)`` since its third beta belongs to the sign buffer). Only
+            ``betas[0]`` and ``betas[1]`` are read.
     """
 
     hyperparams = ("betas", "eps")
 
-    def __init__(self, amsgrad: bool = False) -> None:
+    def __init__(self, amsgrad: bool = False, nbetas: tuple[int, ...] = (2,)) -> None:
         self.amsgrad = amsgrad
+        self.nbetas = tuple(nbetas)
         self.state_keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        V.check_betas(group["betas"], 2)
+        betas = group["betas"]
+        if len(self.nbetas) == 1:
+            V.check_betas(betas, self.nbetas[0])
+        else:
+            V.check_betas(betas)
+            if len(betas) not in self.nbetas:
+                forms = " or ".join("(" + ", ".join(f"b{i + 1}" for i in range(n)) + ")" for n in self.nbetas)
+                raise ValueError(f"Invalid betas: {tuple(betas)!r} (expected {forms})")
         V.check_eps(group["eps"])
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
@@ -67,24 +85,26 @@ class ScaleByAdam(Transform):
             state[k] = state_like(param, group)
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        b1, b2 = ctx.group["betas"]
+        betas = ctx.group["betas"]
+        b1, b2 = betas[0], betas[1]
         eps = ctx.group["eps"]
+        f = ctx.foreach
         m, v = ctx.state("exp_avg"), ctx.state("exp_avg_sq")
-        ops.lerp_(m, updates, 1.0 - b1, ctx.foreach)
-        ops.mul_(v, b2, ctx.foreach)
-        ops.addcmul_(v, updates, updates, 1.0 - b2, ctx.foreach)
+        ops.lerp_(m, updates, 1.0 - b1, f)
+        ops.mul_(v, b2, f)
+        ops.addcmul_(v, updates, updates, 1.0 - b2, f)
         if self.amsgrad:
             vmax = ctx.state("max_exp_avg_sq")
-            ops.maximum_(vmax, v, ctx.foreach)
+            ops.maximum_(vmax, v, f)
             v = vmax
         bc1 = bias_correction(b1, ctx.steps)
-        bc2_sqrt = [math.sqrt(b) if not isinstance(b, Tensor) else b.sqrt() for b in bias_correction(b2, ctx.steps)]
-        denom = ops.sqrt(v, ctx.foreach)
-        ops.div_(denom, bc2_sqrt, ctx.foreach)
-        ops.add_(denom, eps, ctx.foreach)
-        out = ops.clone(m)
-        ops.div_(out, bc1, ctx.foreach)
-        ops.div_(out, denom, ctx.foreach)
+        sbc2 = [math.sqrt(b) if not isinstance(b, Tensor) else b.sqrt() for b in bias_correction(b2, ctx.steps)]
+        denom = ops.sqrt(v, f)
+        # One Python scalar when every parameter has the same step count (the usual case):
+        # a single-scalar kernel instead of a scalar-list one.
+        ops.add_(denom, ops.uniform([eps * s for s in sbc2]), f)
+        out = list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
+        ops.mul_(out, ops.uniform([s / b for s, b in zip(sbc2, bc1)]), f)
         return ctx.fresh(out)
 
     def __repr__(self) -> str:
@@ -253,9 +273,9 @@ class ScaleByLearningRate(Transform):
         return "scale_by_learning_rate()"
 
 
-def scale_by_adam(amsgrad: bool = False) -> ScaleByAdam:
+def scale_by_adam(amsgrad: bool = False, nbetas: tuple[int, ...] = (2,)) -> ScaleByAdam:
     """See :class:`ScaleByAdam`."""
-    return ScaleByAdam(amsgrad=amsgrad)
+    return ScaleByAdam(amsgrad=amsgrad, nbetas=nbetas)
 
 
 def scale_by_ema(key: str = "exp_avg", hp: str = "betas", index: int | None = 0,
