@@ -105,24 +105,9 @@ def vector_sums(v: Tensor) -> Tensor:
     return v.sum(dim=-1, keepdim=True)
 
 
-def _per_row(values: Sequence[Any], like: Tensor) -> Any:
-    """One number per stacked matrix: a Python scalar when they are all equal, else a
-    ``k x 1 (x 1)`` tensor broadcasting over ``like`` (``k x ...``)."""
-    if not any(isinstance(v, Tensor) for v in values) and all(v == values[0] for v in values):
-        return values[0]
-    col = torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in values])
-    return col.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _stack(xs: Sequence[Tensor]) -> Tensor:
     """``k x ...`` stack (a view, not a copy, when ``k = 1``, so in-place updates reach ``xs[0]``)."""
     return xs[0].unsqueeze(0) if len(xs) == 1 else torch.stack(list(xs))
-
-
-def _unstack_(dst: list[Tensor], src: Tensor) -> None:
-    """Write a stacked state back to the per-parameter tensors (nothing to do for a view)."""
-    if len(dst) > 1:
-        torch._foreach_copy_(dst, list(src.unbind(0)))
 
 
 #: Matrices with more entries than this are never stacked (copied into a ``k x m x n``
@@ -191,10 +176,27 @@ def _ema_(bufs: list[Tensor], news: Sequence[Tensor], decays: Sequence[Any], for
         return
     weights = [1.0 - d for d in decays]
     if foreach and not any(isinstance(w, Tensor) for w in weights):
-        torch._foreach_lerp_(bufs, list(news), weights)
+        # one scalar when the decays are equal (the usual case), else a scalar list
+        torch._foreach_lerp_(bufs, list(news), ops.uniform(weights))
     else:
         for b, x, w in zip(bufs, news, weights):
             b.lerp_(x, w.to(b.dtype) if isinstance(w, Tensor) else w)
+
+
+def _ema(bufs: list[Tensor], news: Sequence[Tensor], decays: Sequence[Any], foreach: bool) -> list[Tensor]:
+    """Fresh ``d buf + (1 - d) new`` (the state is left alone), one decay ``d`` per tensor."""
+    weights = [1.0 - d for d in decays]
+    if foreach and bufs and not any(isinstance(w, Tensor) for w in weights):
+        return list(torch._foreach_lerp(bufs, list(news), ops.uniform(weights)))
+    return [torch.lerp(b, x, w.to(b.dtype) if isinstance(w, Tensor) else w) for b, x, w in zip(bufs, news, weights)]
+
+
+def _scaled(xs: list[Tensor], scales: Sequence[Any], foreach: bool) -> list[Tensor]:
+    """Fresh ``s x`` with one scale per tensor."""
+    sc = ops.uniform(list(scales))
+    if foreach and xs and not (isinstance(sc, list) and any(isinstance(v, Tensor) for v in sc)):
+        return list(torch._foreach_mul(xs, sc))
+    return [x * (sc[i] if isinstance(sc, list) else sc) for i, x in enumerate(xs)]
 
 
 def _binary(xs: Sequence[Tensor], ys: Sequence[Tensor], op: str, foreach: bool) -> list[Tensor]:
@@ -269,26 +271,42 @@ class ScaleByFactoredRms(Transform):
         fac, full = _split(ctx, "v_row")
         out: list[Tensor] = list(updates)
         f = ctx.foreach
-        for js in _groups(ctx, fac):
+        batches = _groups(ctx, fac)
+        # 1. the sums of G^2 per batch, written into the batch's output buffer
+        bufs: list[Tensor] = []
+        news: list[Tensor] = []
+        adds: list[Any] = []
+        ds: list[Any] = []
+        outs: list[Tensor] = []
+        for js in batches:
             g = _stacked_grads(ctx, js)  # k x m x n (a view when k = 1)
             m, n = g.shape[1], g.shape[2]
-            # One fresh buffer: G^2 for the sums first, then the update itself.
-            o = torch.empty_like(g, memory_format=torch.contiguous_format)
+            o = torch.empty_like(g, memory_format=torch.contiguous_format)  # G^2, then the update
             rows, cols = row_col_sums(g, square=True, out=o)
-            rows.add_(eps * n)  # (G^2 + eps) 1_n
-            cols.add_(eps * m)  # (G^2 + eps)^T 1_m
-            rs = [ctx.states[i]["v_row"] for i in js]
-            ss = [ctx.states[i]["v_col"] for i in js]
-            r, s = _stack(rs), _stack(ss)
-            w = _per_row([1.0 - decays[i] for i in js], r)
-            r.lerp_(rows, w)
-            s.lerp_(cols, w)
-            _unstack_(rs, r)
-            _unstack_(ss, s)
+            outs.append(o)
+            for k, i in enumerate(js):
+                bufs += (ctx.states[i]["v_row"], ctx.states[i]["v_col"])
+                news += (rows[k], cols[k])
+                adds += (eps * n, eps * m)  # (G^2 + eps) 1_n, (G^2 + eps)^T 1_m
+                ds += (decays[i], decays[i])
+        if full:
+            gs = [ctx.grads[i] for i in full]
+            bufs += [ctx.states[i]["v_full"] for i in full]
+            news += _binary(gs, gs, "mul", f)
+            adds += [eps] * len(full)
+            ds += [decays[i] for i in full]
+        # 2. every moving average of the bucket at once: r, s (and v of unfactored tensors)
+        if bufs:
+            ops.add_(news, ops.uniform(adds), f)
+            _ema_(bufs, news, ds, f)
+        # 3. updates / sqrt(V) per batch, into the same buffer
+        for js, o in zip(batches, outs):
+            r = _stack([ctx.states[i]["v_row"] for i in js])
+            s = _stack([ctx.states[i]["v_col"] for i in js])
             # 1 / sqrt(V_ij) = sqrt(1^T r) / sqrt(r_i) / sqrt(s_j)
             rr = r.rsqrt().mul_(vector_sums(r).sqrt_())
             if updates is ctx.grads:
-                torch.mul(g, rr.unsqueeze(2), out=o)
+                torch.mul(_stacked_grads(ctx, js), rr.unsqueeze(2), out=o)
             elif len(js) == 1:
                 torch.mul(as_matrix(updates[js[0]]).unsqueeze(0), rr.unsqueeze(2), out=o)
             else:
@@ -300,13 +318,9 @@ class ScaleByFactoredRms(Transform):
                 out[i] = x
             ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
         if full:
-            gs = [ctx.grads[i] for i in full]
             v = [ctx.states[i]["v_full"] for i in full]
-            sq = _binary(gs, gs, "mul", f)
-            ops.add_(sq, eps, f)
-            _ema_(v, sq, [decays[i] for i in full], f)
-            o = _binary([updates[i] for i in full], ops.sqrt(v, f), "div", f)
-            for i, x in zip(full, o):
+            o_full = _binary([updates[i] for i in full], ops.sqrt(v, f), "div", f)
+            for i, x in zip(full, o_full):
                 out[i] = x
         return ctx.fresh(out)
 
@@ -402,33 +416,20 @@ class FactoredMomentum(Transform):
                corrected: bool, f: bool) -> list[Tensor]:
         if self.state_index is None:
             _ema_(bufs, means, decays, f)
-            terms = _binary(bufs, means, "sub", f) if corrected else ops.clone(bufs)
+            if corrected:
+                terms = _binary(bufs, means, "sub", f)
+            elif self.scale_by_beta:
+                return _scaled(bufs, decays, f)
+            else:
+                terms = ops.clone(bufs)
         else:
-            terms = ops.clone(bufs)
-            _ema_(terms, means, decays, f)
+            terms = _ema(bufs, means, decays, f)
             if corrected:
                 ops.add_(terms, means, f, alpha=-1.0)
             _ema_(bufs, means, [b2] * len(bufs), f)
         if self.scale_by_beta:
-            ops.mul_(terms, decays, f)
+            ops.mul_(terms, ops.uniform(decays), f)
         return terms
-
-    def _terms_stacked(self, bufs: list[Tensor], means: Tensor, decays: list[Any], b2: Any,
-                       corrected: bool) -> Tensor:
-        buf = _stack(bufs)
-        w = _per_row([1.0 - d for d in decays], buf)
-        if self.state_index is None:
-            buf.lerp_(means, w)
-            term = buf - means if corrected else buf.clone()
-        else:
-            term = torch.lerp(buf, means, w)
-            if corrected:
-                term.sub_(means)
-            buf.lerp_(means, 1.0 - b2)
-        _unstack_(bufs, buf)
-        if self.scale_by_beta:
-            term.mul_(_per_row(decays, term))
-        return term
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         f = ctx.foreach
@@ -437,22 +438,34 @@ class FactoredMomentum(Transform):
         corrected = bool(ctx.group.get("corrected", True))
         decays = _decays(b, ctx.steps, self.corrected_decay)
         fac, full = _split(ctx, "mom_row")
-        groups: list[tuple[tuple[int, ...], Tensor, Tensor]] = []
-        for js in _groups(ctx, fac):
+        batches = _groups(ctx, fac)
+        # The vectors of every batch go through the same multi-tensor ops at once: u and v
+        # of each factored matrix, then M of each unfactored tensor (rows of the sums are views).
+        bufs: list[Tensor] = []
+        means: list[Tensor] = []
+        ds: list[Any] = []
+        for js in batches:
             g = _stacked_grads(ctx, js)
             m, n = g.shape[1], g.shape[2]
             rows, cols = row_col_sums(g)
             rows.div_(max(n, 1))  # G 1_n / n
             cols.div_(max(m, 1))  # G^T 1_m / m
-            d = [decays[i] for i in js]
-            a = self._terms_stacked([ctx.states[i]["mom_row"] for i in js], rows, d, b2, corrected)
-            c = self._terms_stacked([ctx.states[i]["mom_col"] for i in js], cols, d, b2, corrected)
-            groups.append((js, a, c))
-        fulls: dict[int, Tensor] = {}
-        if full:
-            m_ = self._terms([ctx.states[i]["mom_full"] for i in full], [ctx.grads[i] for i in full],
-                             [decays[i] for i in full], b2, corrected, f)
-            fulls = dict(zip(full, m_))
+            for k, i in enumerate(js):
+                bufs += (ctx.states[i]["mom_row"], ctx.states[i]["mom_col"])
+                means += (rows[k], cols[k])
+                ds += (decays[i], decays[i])
+        nv = len(bufs)
+        bufs += [ctx.states[i]["mom_full"] for i in full]
+        means += [ctx.grads[i] for i in full]
+        ds += [decays[i] for i in full]
+        terms = self._terms(bufs, means, ds, b2, corrected, f) if bufs else []
+        groups: list[tuple[tuple[int, ...], Tensor, Tensor]] = []
+        pos = 0
+        for js in batches:
+            k = len(js)
+            groups.append((js, _stack(terms[pos:pos + 2 * k:2]), _stack(terms[pos + 1:pos + 2 * k:2])))
+            pos += 2 * k
+        fulls = dict(zip(full, terms[nv:]))
         ctx.scratch[MOMENTUM_TERMS] = (ctx.grads, groups, fulls)
         return updates
 
@@ -512,9 +525,12 @@ class ScaleByFactoredPhiPsi(Transform):
         if fulls:
             idx = list(fulls)
             x = _binary([ctx.grads[i] for i in idx], [fulls[i] for i in idx], "add", f)
-            y = _apply(self.psi, ops.clone(x), f)
-            x = _apply(self.phi, x, f)
-            ops.add_(x, y, f)
+            if self.phi == self.psi and isinstance(self.phi, str):
+                ops.mul_(_apply(self.phi, x, f), 2.0, f)  # phi(x) + phi(x), exactly
+            else:
+                y = _apply(self.psi, ops.clone(x), f)
+                x = _apply(self.phi, x, f)
+                ops.add_(x, y, f)
             for i, v in zip(idx, x):
                 out[i] = v
         return ctx.fresh(out)
