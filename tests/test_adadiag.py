@@ -625,3 +625,23 @@ def test_in_place_inner_on_batched_views(two_sided, foreach):
         for p, b, g in zip(ps, before, gs):
             torch.testing.assert_close(p.detach(), b - 2.0 * g, rtol=1e-12, atol=1e-12)
     assert not torch.equal(opt.state[ps[0]]["basis_left"], torch.eye(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ["eigh", "svd"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_rank_deficient_gradient_gives_orthonormal_bases(method, rank):
+    """A zero or rank-1 gradient at a refresh (sigma_j = 0): both bases stay orthonormal
+    and finite (eigh's larger side comes from a QR, never from dividing by sigma)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 7, dtype=torch.float64))
+    opt = hamopt.AdaDiag([p], lr=0.01, svd_interval=2, two_sided=True, first_svd_step=1,
+                         basis_method=method)
+    g = torch.zeros(4, 7, dtype=torch.float64)
+    if rank:
+        g = torch.outer(torch.randn(4, dtype=torch.float64), torch.randn(7, dtype=torch.float64))
+    p.grad = g
+    opt.step()
+    for key, k in (("basis_left", 4), ("basis_right", 7)):
+        b = opt.state[p][key]
+        torch.testing.assert_close(b.T @ b, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert torch.isfinite(p).all()

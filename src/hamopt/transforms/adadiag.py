@@ -35,9 +35,10 @@ Conventions fixed here (the paper leaves them open):
   one-sided rotation whose smaller side exceeds it falls back to unrotated. The fallback is
   decided when the state is created and is visible in the state (no basis tensor).
 * **Basis method** (group key ``basis_method``). ``"eigh"`` (the default) takes the
-  singular vectors as the eigenvectors of the Gram matrices: ``P`` from ``eigh(G G^T)``
-  (``m x m``), ``Q`` from ``eigh(G^T G)`` (``n x n``), sorted by decreasing eigenvalue, then
-  the same sign convention and completion as the SVD. Gram plus ``eigh`` is much cheaper
+  singular vectors of the smaller side as the eigenvectors of its Gram matrix (``P`` from
+  ``eigh(G G^T)``, ``m x m``, for ``m <= n``), sorted by decreasing eigenvalue; two-sided,
+  the larger side's leading ones are the QR of ``G^T P`` (``= Q Sigma``); then the same sign
+  convention and completion as the SVD. Gram plus ``eigh`` is much cheaper
   than an SVD of a wide matrix (on one CPU thread 0.42 s instead of 11 s for 512 x 32000;
   cuSOLVER's SVD is its slowest factorization), and only the smaller side's ``m x m`` Gram
   is formed one-sided. Squaring the condition number halves the digits of the directions
@@ -185,30 +186,35 @@ def _svd_bases(g: Tensor, left: bool, right: bool) -> tuple[Tensor | None, Tenso
     return lb, rb
 
 
-def _top_eigenvectors(gram: Tensor, k: int) -> Tensor:
-    """The eigenvectors of the symmetric ``gram`` for its ``k`` largest eigenvalues, largest first."""
-    _, vecs = torch.linalg.eigh(gram)
-    return vecs[:, vecs.shape[1] - k:].flip(1)
-
-
 def _eigh_bases(g: Tensor, left: bool, right: bool) -> tuple[Tensor | None, Tensor | None]:
-    """The bases of :func:`_svd_bases` from the eigenvectors of the Gram matrices, in float64.
+    """The bases of :func:`_svd_bases` from the eigenvectors of a Gram matrix, in float64.
 
-    The left singular vectors of ``g`` (``m x n``) are the eigenvectors of ``G G^T``, the
-    right ones those of ``G^T G``, in the order of decreasing eigenvalue (``sigma^2``). The
-    ``min(m, n)`` leading ones are kept and, for the larger side, completed by
-    :func:`_complete` exactly as the thin SVD's; then :func:`_canonical_signs`. Computed in
-    float64 whatever ``g``'s dtype (the Gram squares the condition number); returned in
-    float64. Raises ``torch.linalg.LinAlgError`` on failure or non-finite output.
+    The singular vectors of the smaller side of ``g`` (``m x n``) are the eigenvectors of
+    its ``k x k`` Gram matrix (``G G^T`` when ``m <= n``, else ``G^T G``; ``k = min(m, n)``),
+    taken in the order of decreasing eigenvalue (``sigma^2``). The larger side's leading
+    ``k`` singular vectors, needed two-sided only, are ``G^T u_j / sigma_j``: the QR of
+    ``G^T U`` (orthonormal even where ``sigma_j`` is tiny or zero), then completed by
+    :func:`_complete` exactly as the thin SVD's; then :func:`_canonical_signs` on each.
+    Computed in float64 whatever ``g``'s dtype (the Gram squares the condition number);
+    returned in float64. Raises ``torch.linalg.LinAlgError`` on failure or non-finite output.
     """
     g64 = g.to(torch.float64)
-    k = min(g64.shape)
-    lb = _canonical_signs(_complete(_top_eigenvectors(g64 @ g64.T, k))) if left else None
-    rb = _canonical_signs(_complete(_top_eigenvectors(g64.T @ g64, k))) if right else None
-    for b in (lb, rb):
+    m, n = g64.shape
+    wide = m <= n
+    gram = g64 @ g64.T if wide else g64.T @ g64
+    _, vecs = torch.linalg.eigh(gram)
+    small = vecs.flip(1)  # decreasing eigenvalues
+    want_small, want_large = (left, right) if wide else (right, left)
+    sb = _canonical_signs(small) if want_small else None
+    lb = None
+    if want_large:
+        large, _ = torch.linalg.qr(g64.T @ small if wide else g64 @ small)
+        lb = _canonical_signs(_complete(large))
+    bases = (sb, lb) if wide else (lb, sb)
+    for b in bases:
         if b is not None and not bool(torch.isfinite(b).all()):
             raise torch.linalg.LinAlgError("linalg.eigh returned non-finite eigenvectors")
-    return lb, rb
+    return bases
 
 
 # ---------------------------------------------------------------------- the transform
