@@ -562,3 +562,18 @@ def test_scale_by_adam_moments_is_scale_by_adam_with_ams_betas():
         t.validate(dict(betas=(0.9,), eps=1e-8))
     with pytest.raises(ValueError, match=r"expected 2 values"):
         ScaleByAdam().validate(dict(betas=(0.9, 0.99, 0.5), eps=1e-8))
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_cautious_on_ams_with_deferred_scales_equals_the_plain_chain(foreach):
+    # AMS defers Adam's bias-correction scalar and its mask's factor to its tail; a second
+    # (cautious) mask inserted in between must see the same signs and give the same step.
+    from hamopt.transforms import scale_by_ams, scale_by_cautious
+
+    grads, w0 = _grads(34, steps=30), _init(35)
+    kw = dict(lr=0.01, betas=(0.9, 0.99, 0.9), eps=1e-8, weight_decay=0.1, misaligned_scale=0.5)
+    ours, _ = _run_torch(lambda ps: make_cautious(hamopt.AMS(ps, **kw, foreach=foreach)), grads, w0)
+    plain, _ = _run_torch(lambda ps: hamopt.ChainedOptimizer(
+        ps, kw, [scale_by_adam_moments(), scale_by_ams(), scale_by_cautious(), scale_by_learning_rate(),
+                 add_decayed_weights_after_step()], foreach=foreach), grads, w0)
+    _close(ours, plain, rtol=1e-12, atol=1e-14)

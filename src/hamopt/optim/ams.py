@@ -20,8 +20,8 @@ import torch
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..registry import OptimizerInfo, numel, register
 from ..transforms.ams import (
+    ScaleByAdamMoments,
     ams_decay_before_lr,
-    scale_by_adam_moments,
     scale_by_ams,
     scale_by_cautious,
 )
@@ -82,8 +82,9 @@ class AMS(ChainedOptimizer):
             params,
             dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, misaligned_scale=misaligned_scale),
             # = [..., scale_by_ams(), scale_by_learning_rate(), add_decayed_weights_after_step()]
-            # with the mask's factor merged into the decay and the -lr fused into the update.
-            [scale_by_adam_moments(), scale_by_ams(apply_factor=False), ams_decay_before_lr(),
+            # with Adam's bias-correction scalar and the mask's factor merged into the decay's
+            # multiply and the -lr fused into the parameter update.
+            [ScaleByAdamMoments(defer_scale=True), scale_by_ams(apply_factor=False), ams_decay_before_lr(),
              scale_by_learning_rate()],
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )

@@ -62,6 +62,7 @@ __all__ = [
 
 LR_SCALE = "lr_scale"
 PENDING = "ams_pending"
+SCALE = "ams_scale"
 
 
 def tensor_sums(xs: Sequence[Tensor], foreach: bool) -> list[Tensor]:
@@ -92,9 +93,12 @@ def _affine(xs: list[Tensor], mul: float, add: Sequence[float], foreach: bool) -
 
 
 def _scaled(xs: list[Tensor], c: Any, foreach: bool) -> list[Tensor]:
-    """Fresh ``c * x`` for 0-d tensors ``xs`` (``c`` a Python number or a 0-d tensor)."""
+    """Fresh ``c * x`` for 0-d tensors ``xs`` (``c`` a Python number, a 0-d tensor, or a
+    list of either, one per tensor)."""
     if foreach:
-        return list(torch._foreach_mul(xs, c))
+        return list(torch._foreach_mul(xs, list(c) if isinstance(c, tuple) else c))
+    if isinstance(c, (list, tuple)):
+        return [x * ci for x, ci in zip(xs, c)]
     return [x * c for x in xs]
 
 
@@ -139,10 +143,23 @@ class ScaleByAdamMoments(ScaleByAdam):
     :class:`hamopt.transforms.ScaleByAdam` itself (the same code), accepting AMS's
     ``betas = (b1, b2)`` or ``(b1, b2, b3)`` (only ``b1``, ``b2`` are read here; ``b3``
     belongs to :func:`scale_by_ams`). State ``exp_avg``, ``exp_avg_sq``.
+
+    Args:
+        defer_scale: leave the final positive scalar ``sqrt(1-b2^t) / (1-b1^t)`` in
+            ``ctx.scratch["ams_scale"]`` for a later :class:`AmsDecayBeforeLr` to merge into
+            its multiply (one pass over memory fewer; signs and masks do not change).
+            Only for chains that end with ``ams_decay_before_lr(), scale_by_learning_rate()``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, defer_scale: bool = False) -> None:
         super().__init__(amsgrad=False, nbetas=(2, 3))
+        self.defer_scale = defer_scale
+
+    def _scale(self, ctx: StepContext, out: list[Tensor], k: Any) -> list[Tensor]:
+        if self.defer_scale:
+            ctx.scratch[SCALE] = k
+            return out
+        return super()._scale(ctx, out, k)
 
     def __repr__(self) -> str:
         return "scale_by_adam_moments()"
@@ -224,7 +241,6 @@ class ScaleByAms(Transform):
         s = self._signal(ctx)
         f = ctx.foreach
         ctx.scratch[LR_SCALE] = None
-        ctx.scratch[PENDING] = None
         if lam == 1.0:
             return updates
         out = ctx.writable(updates)
@@ -251,7 +267,8 @@ class ScaleByAms(Transform):
         if self.apply_factor:
             ops.mul_(out, factors, f)
         else:
-            ctx.scratch[PENDING] = factors
+            prev = ctx.scratch.get(PENDING)
+            ctx.scratch[PENDING] = factors if prev is None else ops.mul_(prev, factors, f)
         ctx.scratch[LR_SCALE] = factors
         return out
 
@@ -326,30 +343,45 @@ class AmsDecayBeforeLr(Transform):
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         wd = ctx.group["weight_decay"]
         factors = ctx.scratch.get(LR_SCALE)
-        pending = ctx.scratch.get(PENDING)
-        ctx.scratch[PENDING] = None
+        pending = ctx.scratch.pop(PENDING, None)
+        k0 = ctx.scratch.pop(SCALE, None)  # a deferred positive scalar (or one per parameter)
         f = ctx.foreach
         no_decay = not isinstance(wd, Tensor) and wd == 0
-        if no_decay and pending is None:
+        if no_decay and pending is None and k0 is None:
             return updates
         out = ctx.writable(updates)
-        if no_decay:
-            ops.mul_(out, pending, f)
-            return out
-        lr = ctx.group["lr"]
-        c = lr * wd
         if factors is None:
-            ops.mul_(out, 1.0 - c, f)
+            if no_decay:
+                return ops.mul_(out, k0, f)
+            lr = ctx.group["lr"]
+            c = lr * wd
+            if k0 is None:
+                ops.mul_(out, 1.0 - c, f)
+            elif isinstance(k0, (list, tuple)):
+                ops.mul_(out, [(1.0 - c) * k for k in k0], f)
+            else:
+                ops.mul_(out, (1.0 - c) * k0, f)
             if isinstance(wd, Tensor):
                 ops.addcmul_(out, ctx.params, [wd] * len(out), 1.0, f)
             else:
                 ops.add_(out, ctx.params, f, alpha=wd)
             return out
-        scale = _affine(_scaled(factors, c, f), -1.0, [1.0] * len(factors), f)  # 1 - c k
-        if pending is not None:
-            ops.mul_(scale, pending, f)  # k (1 - c k)
-        ops.mul_(out, scale, f)
-        ops.addcmul_(out, ctx.params, _scaled(factors, wd, f), 1.0, f)  # + wd k w
+        # one multiply of the update by a 0-d tensor per parameter: k0 * pending * (1 - c k)
+        scale: list[Tensor] | None = pending
+        if not no_decay:
+            c = ctx.group["lr"] * wd
+            scale = _affine(_scaled(factors, c, f), -1.0, [1.0] * len(factors), f)  # 1 - c k
+            if pending is not None:
+                ops.mul_(scale, pending, f)
+        if scale is None:
+            if k0 is not None:
+                ops.mul_(out, k0, f)
+        else:
+            if k0 is not None:
+                scale = _scaled(scale, k0, f) if scale is pending else ops.mul_(scale, k0, f)
+            ops.mul_(out, scale, f)
+        if not no_decay:
+            ops.addcmul_(out, ctx.params, _scaled(factors, wd, f), 1.0, f)  # + wd k w
         return out
 
     def __repr__(self) -> str:

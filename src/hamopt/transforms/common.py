@@ -104,8 +104,12 @@ class ScaleByAdam(Transform):
         # a single-scalar kernel instead of a scalar-list one.
         ops.add_(denom, ops.uniform([eps * s for s in sbc2]), f)
         out = list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
-        ops.mul_(out, ops.uniform([s / b for s, b in zip(sbc2, bc1)]), f)
-        return ctx.fresh(out)
+        return ctx.fresh(self._scale(ctx, out, ops.uniform([s / b for s, b in zip(sbc2, bc1)])))
+
+    def _scale(self, ctx: StepContext, out: list[Tensor], k: Any) -> list[Tensor]:
+        """Apply the positive per-parameter scalar ``k = sqrt(1-b2^t) / (1-b1^t)``
+        (a subclass may leave it to a later transform that multiplies anyway)."""
+        return ops.mul_(out, k, ctx.foreach)
 
     def __repr__(self) -> str:
         return f"scale_by_adam(amsgrad={self.amsgrad})"
