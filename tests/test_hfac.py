@@ -9,6 +9,7 @@ dim0 x prod(rest)), a 1-D tensor and a 0-d tensor (the documented unfactored fal
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -397,3 +398,160 @@ def test_lionfactor_vector_fallback_is_twice_lion(wd: float) -> None:
     ours = _run_peer(lambda ps: hamopt.LionFactor(ps, lr=0.01, betas=(0.9, 0.99), weight_decay=wd), xs, grads)
     theirs = _run_peer(lambda ps: lion_pytorch.Lion(ps, lr=0.02, betas=(0.9, 0.99), weight_decay=wd / 2), xs, grads)
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------- batched paths
+# With foreach, matrices of one shape (and step count) are batched into k x m x n stacks and
+# large ones run alone; these tests feed several matrices of one shape (a 4-D tensor shares
+# the 3 x 12 batch of a 2-D one), a zero-size matrix and a parameter that skips steps (so
+# its step count lags and it leaves its batch), and compare every path with the references.
+
+_BATCH_SHAPES = [(4, 7), (4, 7), (4, 7), (7, 4), (3, 12), (3, 2, 2, 3), (0, 5), (6,), ()]
+_SKIPS = {1: range(10, 20)}  # parameter 1 has no gradient at steps 10..19
+
+
+def _batch_data(seed: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal(s) for s in _BATCH_SHAPES]
+    grads = [[rng.standard_normal(s) * (1 + 0.5 * rng.standard_normal()) for _ in range(STEPS)]
+             for s in _BATCH_SHAPES]
+    return xs, grads
+
+
+def _run_skips(make: Any, xs: list[np.ndarray], grads: list[list[np.ndarray]]) -> list[np.ndarray]:
+    ps = [torch.nn.Parameter(torch.tensor(x, dtype=torch.float64)) for x in xs]
+    opt = make(ps)
+    for k in range(STEPS):
+        for i, (p, gs) in enumerate(zip(ps, grads)):
+            p.grad = None if k in _SKIPS.get(i, ()) else torch.tensor(gs[k], dtype=torch.float64)
+        opt.step()
+    return [p.detach().numpy() for p in ps]
+
+
+def _live(i: int, g: list[np.ndarray]) -> list[np.ndarray]:
+    """The gradients parameter ``i`` actually receives (the reference skips the rest)."""
+    return [x for k, x in enumerate(g) if k not in _SKIPS.get(i, ())]
+
+
+_BATCH_CASES = [
+    ("hfac", dict(lr=0.02, betas=(0.9, 0.99), weight_decay=0.1, clip_threshold=1.0),
+     lambda x, g: ref_hfac(x, g, 0.02, 0.9, 0.99, 1e-30, 0.1, 1.0, True)),
+    ("hfac", dict(lr=0.02, betas=(0.9, 0.99), clip_threshold=0.05, corrected=False),
+     lambda x, g: ref_hfac(x, g, 0.02, 0.9, 0.99, 1e-30, 0.0, 0.05, False)),
+    ("hfac", dict(lr=0.01, clip_threshold=None),
+     lambda x, g: ref_hfac(x, g, 0.01, 0.9, 0.999, 1e-30, 0.0, None, True)),
+    ("adafactor_m", dict(lr=0.02, betas=(0.9, 0.99), weight_decay=0.1, clip_threshold=0.5),
+     lambda x, g: ref_adafactor_m(x, g, 0.02, 0.9, 0.99, 1e-30, 0.1, 0.5)),
+    ("signfsgd", dict(lr=0.01, beta=0.9, weight_decay=0.1),
+     lambda x, g: ref_signfsgd(x, g, 0.01, 0.9, 0.1, True)),
+    ("lionfactor", dict(lr=0.01, betas=(0.9, 0.99)),
+     lambda x, g: ref_lionfactor(x, g, 0.01, 0.9, 0.99, 0.0)),
+]
+
+
+@pytest.mark.parametrize("stack_max", [None, 0])
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("case", _BATCH_CASES, ids=lambda c: f"{c[0]}-{sorted(c[1].items())}")
+def test_batched_and_single_paths_match_reference(case: Any, foreach: bool, stack_max: int | None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from hamopt.transforms import factored
+
+    if stack_max is not None:  # every matrix alone (the large-matrix path)
+        monkeypatch.setattr(factored, "STACK_MAX_NUMEL", stack_max)
+    name, kw, ref = case
+    xs, grads = _batch_data(11)
+    out = _run_skips(lambda ps: hamopt.get(name).factory(ps, foreach=foreach, **kw), xs, grads)
+    for i, (o, x, g) in enumerate(zip(out, xs, grads)):
+        if x.size == 0:  # the zero-size matrix only has to pass through
+            assert o.shape == x.shape
+            continue
+        expected = ref(x, _live(i, g))
+        assert not np.allclose(expected, x)
+        np.testing.assert_allclose(o, expected, rtol=RTOL, atol=ATOL, err_msg=f"param {i} {_BATCH_SHAPES[i]}")
+
+
+def _composed_hfac(params: Any, foreach: bool, momentum_first: bool = False, **kw: Any) -> Any:
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import (
+        add_decayed_weights,
+        add_normalized_factored_momentum,
+        clip_by_rms,
+        factored_momentum,
+        scale_by_ema,
+        scale_by_factored_rms,
+        scale_by_learning_rate,
+    )
+
+    d = dict(lr=0.02, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.1, clip_threshold=0.2, corrected=True)
+    d.update(kw)
+    head = [scale_by_ema(key="m", corrected=True)] if momentum_first else []
+    return ChainedOptimizer(params, d, [*head, factored_momentum(), scale_by_factored_rms(), clip_by_rms(),
+                                        add_normalized_factored_momentum(0.5), add_decayed_weights(),
+                                        scale_by_learning_rate()], foreach=foreach)
+
+
+def _fused_hfac(params: Any, foreach: bool, momentum_first: bool = False, **kw: Any) -> Any:
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import (
+        add_decayed_weights,
+        factored_momentum,
+        scale_by_ema,
+        scale_by_hfac,
+        scale_by_learning_rate,
+    )
+
+    d = dict(lr=0.02, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.1, clip_threshold=0.2, corrected=True)
+    d.update(kw)
+    head = [scale_by_ema(key="m", corrected=True)] if momentum_first else []
+    return ChainedOptimizer(params, d, [*head, factored_momentum(), scale_by_hfac(0.5), add_decayed_weights(),
+                                        scale_by_learning_rate()], foreach=foreach)
+
+
+@pytest.mark.parametrize("momentum_first", [False, True])
+@pytest.mark.parametrize("clip", [0.2, 1.0, None])
+@pytest.mark.parametrize("foreach", [True, False])
+def test_scale_by_hfac_equals_the_composed_transforms(foreach: bool, clip: float | None,
+                                                      momentum_first: bool) -> None:
+    # momentum_first: the updates reaching scale_by_hfac are not the gradients (composed fallback)
+    xs, grads = _batch_data(12)
+    a = _run_skips(lambda ps: _fused_hfac(ps, foreach, momentum_first, clip_threshold=clip), xs, grads)
+    b = _run_skips(lambda ps: _composed_hfac(ps, foreach, momentum_first, clip_threshold=clip), xs, grads)
+    for i, (u, v, x) in enumerate(zip(a, b, xs)):
+        if x.size:
+            assert not np.allclose(u, x)
+        np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")
+
+
+def test_scale_by_hfac_state_loads_into_the_composed_chain() -> None:
+    # same state keys: a checkpoint of HFac resumes in the composed chain and vice versa
+    xs, grads = _batch_data(13)
+    ps = [torch.nn.Parameter(torch.tensor(x, dtype=torch.float64)) for x in xs]
+    fused = _fused_hfac(ps, True)
+    for k in range(5):
+        for p, gs in zip(ps, grads):
+            p.grad = torch.tensor(gs[k], dtype=torch.float64)
+        fused.step()
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    composed = _composed_hfac(qs, True)
+    composed.load_state_dict(copy.deepcopy(fused.state_dict()))  # not shared tensors
+    for k in range(5, 10):
+        for p, q, gs in zip(ps, qs, grads):
+            p.grad = torch.tensor(gs[k], dtype=torch.float64)
+            q.grad = p.grad.clone()
+        fused.step()
+        composed.step()
+    for p, q in zip(ps, qs):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-11, atol=1e-13)
+
+
+def test_scale_by_hfac_needs_factored_momentum_and_checks_clip_threshold() -> None:
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import scale_by_hfac
+
+    p = torch.nn.Parameter(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="Invalid clip_threshold"):
+        ChainedOptimizer([p], dict(betas=(0.9, 0.99), eps=1e-30, clip_threshold=-1.0), [scale_by_hfac()])
+    opt = ChainedOptimizer([p], dict(betas=(0.9, 0.99), eps=1e-30, clip_threshold=1.0), [scale_by_hfac()])
+    p.grad = torch.ones(3, 4)
+    with pytest.raises(RuntimeError, match="factored_momentum"):
+        opt.step()

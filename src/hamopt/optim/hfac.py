@@ -33,10 +33,10 @@ from ..core.transform import chain
 from ..registry import OptimizerInfo, matrix_dims, numel, register
 from ..transforms.common import add_decayed_weights, clip_by_rms, scale_by_ema, scale_by_learning_rate
 from ..transforms.factored import (
-    add_normalized_factored_momentum,
     factored_momentum,
     scale_by_factored_rms,
     scale_by_factored_sign,
+    scale_by_hfac,
     scale_by_rms,
 )
 
@@ -202,9 +202,10 @@ class HFac(ChainedOptimizer):
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold,
                  corrected=corrected),
+            # scale_by_hfac(0.5) is chain(scale_by_factored_rms(), clip_by_rms(),
+            # add_normalized_factored_momentum(0.5)) in fewer passes over memory
             chain(factored_momentum(hp="betas", index=0, corrected_decay=True, scale_by_beta=True),
-                  scale_by_factored_rms(), clip_by_rms(), add_normalized_factored_momentum(0.5),
-                  add_decayed_weights(), scale_by_learning_rate()),
+                  scale_by_hfac(0.5), add_decayed_weights(), scale_by_learning_rate()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 

@@ -32,6 +32,7 @@ an FSDP2 version will all-reduce.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -41,13 +42,14 @@ from torch import Tensor
 from ..core import ops
 from ..core import validation as V
 from ..core.transform import StepContext, Transform, as_matrix, is_matrix_like, state_like
-from .common import corrected_decay
+from .common import ClipByRms, corrected_decay, rms_clip_
 
 __all__ = [
     "AddNormalizedFactoredMomentum",
     "FactoredMomentum",
     "ScaleByFactoredPhiPsi",
     "ScaleByFactoredRms",
+    "ScaleByHFac",
     "ScaleByRms",
     "add_normalized_factored_momentum",
     "factored_momentum",
@@ -56,8 +58,10 @@ __all__ = [
     "scale_by_factored_phi_psi",
     "scale_by_factored_rms",
     "scale_by_factored_sign",
+    "scale_by_hfac",
     "scale_by_rms",
     "vector_sums",
+    "weighted_row_sums",
 ]
 
 #: ``ctx.scratch`` key under which :class:`FactoredMomentum` leaves its terms for a reshaper.
@@ -98,6 +102,20 @@ def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> 
     else:
         cols = x.sum(dim=-2)
     return rows, cols
+
+
+def weighted_row_sums(x: Tensor, w: Tensor, overwrite: bool = False) -> Tensor:
+    """``X w`` (``sum_j X_ij w_j``) of a matrix ``X`` (``m x n``) and a vector ``w`` (``n``), or
+    of stacks of them (``k x m x n`` and ``k x n``, giving ``k x m``).
+
+    A reduction over matrix entries like :func:`row_col_sums`. A product on the CPU; elsewhere
+    an element-wise product and a sum (exact whatever the TF32 matmul setting), written into
+    ``x`` when ``overwrite`` (the caller owns ``x`` and no longer needs it).
+    """
+    if x.device.type == "cpu" and x.dtype.is_floating_point:
+        return torch.matmul(x, w.unsqueeze(-1)).squeeze(-1)
+    y = x.mul_(w.unsqueeze(-2)) if overwrite else x * w.unsqueeze(-2)
+    return y.sum(dim=-1)
 
 
 def vector_sums(v: Tensor) -> Tensor:
@@ -265,11 +283,13 @@ class ScaleByFactoredRms(Transform):
         else:
             state["v_full"] = state_like(param, group)
 
-    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+    def _moments(self, ctx: StepContext) -> tuple[list[tuple[int, ...]], list[Tensor], list[int]]:
+        """Update ``r, s`` (and ``v`` of unfactored tensors) for this step; return the batches,
+        one fresh ``k x m x n`` buffer per batch (holding ``G^2``, free to overwrite) and the
+        indices of the unfactored tensors."""
         eps = ctx.group["eps"]
         decays = _decays(_beta(ctx.group, self.hp, self.index), ctx.steps, True)
         fac, full = _split(ctx, "v_row")
-        out: list[Tensor] = list(updates)
         f = ctx.foreach
         batches = _groups(ctx, fac)
         # 1. the sums of G^2 per batch, written into the batch's output buffer
@@ -299,6 +319,12 @@ class ScaleByFactoredRms(Transform):
         if bufs:
             ops.add_(news, ops.uniform(adds), f)
             _ema_(bufs, news, ds, f)
+        return batches, outs, full
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        batches, outs, full = self._moments(ctx)
+        f = ctx.foreach
+        out: list[Tensor] = list(updates)
         # 3. updates / sqrt(V) per batch, into the same buffer
         for js, o in zip(batches, outs):
             r = _stack([ctx.states[i]["v_row"] for i in js])
@@ -585,6 +611,90 @@ class AddNormalizedFactoredMomentum(Transform):
         return f"add_normalized_factored_momentum(coef={self.coef})"
 
 
+class ScaleByHFac(ScaleByFactoredRms):
+    """H-Fac's whole direction after the first moment (seed 000, Algorithm 3), in few passes::
+
+        D = clip_d(G / sqrt(V)) + coef (phi + psi)       # coef = 0.5; no clipping when d is None
+
+    The same rule, step for step, as ``chain(scale_by_factored_rms(), clip_by_rms(),
+    add_normalized_factored_momentum(coef))`` (same state ``v_row``, ``v_col``, ``v_full``, so
+    checkpoints of either load in the other), with ``(a, b)`` from :func:`factored_momentum`
+    earlier in the chain. It reads ``betas``, ``eps``, ``factored`` and ``clip_threshold``.
+
+    For an ``m x n`` matrix, with ``c_i = sqrt(1^T r / r_i)`` and ``d_j = 1 / sqrt(s_j)``,
+    ``G / sqrt(V) = G_ij c_i d_j``, whose squared RMS is ``sum_i c_i^2 (G^2 d^2)_i / (mn)``:
+    one weighted row sum of the ``G^2`` buffer, so the clipping factor ``kappa`` is known
+    before the update is written. ``phi = c_i alpha_i`` with ``alpha_i = coef a_i sqrt(n / 1^T r)``
+    and ``psi = beta_j = coef b_j sqrt(m / s_j)``, hence::
+
+        D_ij = c_i (kappa d_j G_ij + alpha_i) + beta_j
+
+    two element-wise passes (``addcmul``) into the buffer that held ``G^2``. Unfactored
+    tensors, and calls whose ``updates`` are not the gradients, run the three transforms.
+    """
+
+    def __init__(self, coef: float = 0.5, hp: str = "betas", index: int | None = 1) -> None:
+        super().__init__(hp=hp, index=index)
+        self.coef = coef
+        self.hyperparams = (hp, "eps", "factored", "clip_threshold")
+        self._clip = ClipByRms()
+        self._add = AddNormalizedFactoredMomentum(coef)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        super().validate(group)
+        self._clip.validate(group)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        if updates is not ctx.grads:  # e.g. after a momentum transform: the composed rule
+            out = self._clip.update(ctx, ScaleByFactoredRms.update(self, ctx, updates))
+            return self._add.update(ctx, out)
+        groups, fulls = _momentum_terms(ctx)
+        terms = {js: (a, b) for js, a, b in groups}
+        batches, outs, full = self._moments(ctx)
+        thr = ctx.group["clip_threshold"]
+        f = ctx.foreach
+        coef = self.coef
+        out: list[Tensor] = list(updates)
+        for js, o in zip(batches, outs):
+            a, b = terms[js]
+            g = _stacked_grads(ctx, js)
+            m, n = g.shape[1], g.shape[2]
+            r = _stack([ctx.states[i]["v_row"] for i in js])
+            s = _stack([ctx.states[i]["v_col"] for i in js])
+            tot = vector_sums(r)  # 1^T r, k x 1
+            c2 = tot / r  # c_i^2 = 1^T r / r_i
+            c = c2.sqrt()
+            d = s.rsqrt()  # d_j = 1 / sqrt(s_j)
+            beta = (b * d).mul_(coef * math.sqrt(m))  # coef b_j sqrt(m / s_j)
+            alpha = a * tot.rsqrt().mul_(coef * math.sqrt(n))  # coef a_i sqrt(n / 1^T r)
+            if thr is not None:
+                # ||G c d^T|| from the G^2 buffer, then kappa = 1 / max(1, RMS / d) folded into d
+                sq = weighted_row_sums(o, s.reciprocal(), overwrite=True).mul_(c2)
+                nrm = vector_sums(sq).sqrt_()
+                d.div_(nrm.mul_(1.0 / (math.sqrt(max(m * n, 1)) * thr)).clamp_min_(1.0))
+            torch.addcmul(alpha.unsqueeze(2), g, d.unsqueeze(1), out=o)
+            torch.addcmul(beta.unsqueeze(1), o, c.unsqueeze(2), out=o)
+            views = _unstacked(o, js, updates)
+            for i, x in views:
+                out[i] = x
+            ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
+        if full:
+            v = [ctx.states[i]["v_full"] for i in full]
+            den = ops.sqrt(v, f)
+            u = _binary([updates[i] for i in full], den, "div", f)
+            if thr is not None:
+                rms_clip_(u, thr, f)
+            p = _binary([fulls[i] for i in full], den, "div", f)
+            ops.mul_(p, 2.0 * coef, f)  # coef (phi + psi) with phi = psi = M~ / sqrt(v)
+            ops.add_(u, p, f)
+            for i, x in zip(full, u):
+                out[i] = x
+        return ctx.fresh(out)
+
+    def __repr__(self) -> str:
+        return f"scale_by_hfac(coef={self.coef}, hp={self.hp!r}, index={self.index})"
+
+
 # ---------------------------------------------------------------------------- factories
 def scale_by_factored_rms(hp: str = "betas", index: int | None = 1) -> ScaleByFactoredRms:
     """See :class:`ScaleByFactoredRms`."""
@@ -616,3 +726,8 @@ def scale_by_factored_sign() -> ScaleByFactoredPhiPsi:
 def add_normalized_factored_momentum(coef: float = 0.5) -> AddNormalizedFactoredMomentum:
     """See :class:`AddNormalizedFactoredMomentum`."""
     return AddNormalizedFactoredMomentum(coef=coef)
+
+
+def scale_by_hfac(coef: float = 0.5, hp: str = "betas", index: int | None = 1) -> ScaleByHFac:
+    """H-Fac's ``clip_d(G / sqrt(V)) + coef (phi + psi)`` in few passes; see :class:`ScaleByHFac`."""
+    return ScaleByHFac(coef=coef, hp=hp, index=index)
