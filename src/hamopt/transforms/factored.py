@@ -304,9 +304,9 @@ class ScaleByFactoredRms(Transform):
             o = torch.empty_like(g, memory_format=torch.contiguous_format)  # G^2, then the update
             rows, cols = row_col_sums(g, square=True, out=o)
             outs.append(o)
-            for k, i in enumerate(js):
+            for i, rk, ck in zip(js, rows.unbind(0), cols.unbind(0)):
                 bufs += (ctx.states[i]["v_row"], ctx.states[i]["v_col"])
-                news += (rows[k], cols[k])
+                news += (rk, ck)
                 adds += (eps * n, eps * m)  # (G^2 + eps) 1_n, (G^2 + eps)^T 1_m
                 ds += (decays[i], decays[i])
         if full:
@@ -476,9 +476,9 @@ class FactoredMomentum(Transform):
             rows, cols = row_col_sums(g)
             rows.div_(max(n, 1))  # G 1_n / n
             cols.div_(max(m, 1))  # G^T 1_m / m
-            for k, i in enumerate(js):
+            for i, rk, ck in zip(js, rows.unbind(0), cols.unbind(0)):
                 bufs += (ctx.states[i]["mom_row"], ctx.states[i]["mom_col"])
-                means += (rows[k], cols[k])
+                means += (rk, ck)
                 ds += (decays[i], decays[i])
         nv = len(bufs)
         bufs += [ctx.states[i]["mom_full"] for i in full]
