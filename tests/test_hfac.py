@@ -555,3 +555,35 @@ def test_scale_by_hfac_needs_factored_momentum_and_checks_clip_threshold() -> No
     p.grad = torch.ones(3, 4)
     with pytest.raises(RuntimeError, match="factored_momentum"):
         opt.step()
+
+
+def _adafactor_chain(params: Any, foreach: bool, fused: bool, momentum: bool, clip: float | None) -> Any:
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import (
+        add_decayed_weights,
+        clip_by_rms,
+        scale_by_clipped_factored_rms,
+        scale_by_ema,
+        scale_by_factored_rms,
+        scale_by_learning_rate,
+    )
+
+    head = [scale_by_ema(corrected=True)] if momentum else []
+    body = [scale_by_clipped_factored_rms()] if fused else [scale_by_factored_rms(), clip_by_rms()]
+    d = dict(lr=0.02, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.1, clip_threshold=clip)
+    return ChainedOptimizer(params, d, [*head, *body, add_decayed_weights(), scale_by_learning_rate()],
+                            foreach=foreach)
+
+
+@pytest.mark.parametrize("momentum", [True, False])  # True: updates are the EMA, False: the gradients
+@pytest.mark.parametrize("clip", [0.3, 1.0, None])
+@pytest.mark.parametrize("foreach", [True, False])
+def test_scale_by_clipped_factored_rms_equals_the_composed_transforms(foreach: bool, clip: float | None,
+                                                                      momentum: bool) -> None:
+    xs, grads = _batch_data(14)
+    a = _run_skips(lambda ps: _adafactor_chain(ps, foreach, True, momentum, clip), xs, grads)
+    b = _run_skips(lambda ps: _adafactor_chain(ps, foreach, False, momentum, clip), xs, grads)
+    for i, (u, v, x) in enumerate(zip(a, b, xs)):
+        if x.size:
+            assert not np.allclose(u, x)
+        np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")

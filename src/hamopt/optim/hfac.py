@@ -31,10 +31,10 @@ import torch
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import chain
 from ..registry import OptimizerInfo, matrix_dims, numel, register
-from ..transforms.common import add_decayed_weights, clip_by_rms, scale_by_ema, scale_by_learning_rate
+from ..transforms.common import add_decayed_weights, scale_by_ema, scale_by_learning_rate
 from ..transforms.factored import (
     factored_momentum,
-    scale_by_factored_rms,
+    scale_by_clipped_factored_rms,
     scale_by_factored_sign,
     scale_by_hfac,
     scale_by_rms,
@@ -82,7 +82,9 @@ class AdafactorM(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold),
-            chain(scale_by_ema(corrected=True), scale_by_factored_rms(), clip_by_rms(),
+            # scale_by_clipped_factored_rms() is chain(scale_by_factored_rms(), clip_by_rms())
+            # in fewer passes over memory
+            chain(scale_by_ema(corrected=True), scale_by_clipped_factored_rms(),
                   add_decayed_weights(), scale_by_learning_rate()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )

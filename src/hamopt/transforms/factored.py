@@ -48,6 +48,7 @@ __all__ = [
     "AddNormalizedFactoredMomentum",
     "FactoredMomentum",
     "ScaleByFactoredPhiPsi",
+    "ScaleByClippedFactoredRms",
     "ScaleByFactoredRms",
     "ScaleByHFac",
     "ScaleByRms",
@@ -56,6 +57,8 @@ __all__ = [
     "is_factored",
     "row_col_sums",
     "scale_by_factored_phi_psi",
+    "row_sums_of_squares",
+    "scale_by_clipped_factored_rms",
     "scale_by_factored_rms",
     "scale_by_factored_sign",
     "scale_by_hfac",
@@ -102,6 +105,12 @@ def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> 
     else:
         cols = x.sum(dim=-2)
     return rows, cols
+
+
+def row_sums_of_squares(x: Tensor) -> Tensor:
+    """``X^2 1_n`` of a matrix ``X`` (``m x n``) or of a stack (``k x m x n``, giving ``k x m``),
+    without a temporary (a reduction over matrix entries like :func:`row_col_sums`)."""
+    return torch.linalg.vector_norm(x, dim=-1).square_()
 
 
 def weighted_row_sums(x: Tensor, w: Tensor, overwrite: bool = False) -> Tensor:
@@ -352,6 +361,68 @@ class ScaleByFactoredRms(Transform):
 
     def __repr__(self) -> str:
         return f"scale_by_factored_rms(hp={self.hp!r}, index={self.index})"
+
+
+class ScaleByClippedFactoredRms(ScaleByFactoredRms):
+    """Adafactor's factored second moment followed by its update clipping, in few passes::
+
+        return clip_d(updates / sqrt(V))      # clip_d(U) = U / max(1, RMS(U) / d), d = clip_threshold
+
+    The same rule, step for step, as ``chain(scale_by_factored_rms(), clip_by_rms())`` (same
+    state, so checkpoints of either load in the other; ``clip_threshold=None`` disables the
+    clipping). With ``c_i = sqrt(1^T r / r_i)`` and ``d_j = 1 / sqrt(s_j)`` the update of an
+    ``m x n`` matrix ``X`` (``updates``) is ``X_ij c_i d_j``; it is written as ``Y = X d^T``
+    first, whose row norms give ``RMS^2 = sum_i c_i^2 ||Y_i||^2 / (mn)``, then ``Y *= kappa c``
+    with ``kappa = 1 / max(1, RMS / d)``: the clipping costs one read instead of a read and a
+    read-write. Unfactored tensors use ``updates / sqrt(v)`` and the ordinary clipping.
+    """
+
+    def __init__(self, hp: str = "betas", index: int | None = 1) -> None:
+        super().__init__(hp=hp, index=index)
+        self.hyperparams = (hp, "eps", "factored", "clip_threshold")
+        self._clip = ClipByRms()
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        super().validate(group)
+        self._clip.validate(group)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        batches, outs, full = self._moments(ctx)
+        thr = ctx.group["clip_threshold"]
+        f = ctx.foreach
+        out: list[Tensor] = list(updates)
+        for js, o in zip(batches, outs):
+            m, n = o.shape[1], o.shape[2]
+            r = _stack([ctx.states[i]["v_row"] for i in js])
+            d = _stack([ctx.states[i]["v_col"] for i in js]).rsqrt().unsqueeze(1)  # 1 / sqrt(s_j)
+            c2 = vector_sums(r) / r  # c_i^2 = 1^T r / r_i
+            if updates is ctx.grads:
+                torch.mul(_stacked_grads(ctx, js), d, out=o)
+            elif len(js) == 1:
+                torch.mul(as_matrix(updates[js[0]]).unsqueeze(0), d, out=o)
+            else:
+                torch.stack([as_matrix(updates[i]) for i in js], out=o)
+                o.mul_(d)
+            c = c2.sqrt()
+            if thr is not None:
+                nrm = vector_sums(row_sums_of_squares(o).mul_(c2)).sqrt_()  # ||X c d^T||, k x 1
+                c.div_(nrm.mul_(1.0 / (math.sqrt(max(m * n, 1)) * thr)).clamp_min_(1.0))
+            o.mul_(c.unsqueeze(2))
+            views = _unstacked(o, js, updates)
+            for i, x in views:
+                out[i] = x
+            ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
+        if full:
+            v = [ctx.states[i]["v_full"] for i in full]
+            u = _binary([updates[i] for i in full], ops.sqrt(v, f), "div", f)
+            if thr is not None:
+                rms_clip_(u, thr, f)
+            for i, x in zip(full, u):
+                out[i] = x
+        return ctx.fresh(out)
+
+    def __repr__(self) -> str:
+        return f"scale_by_clipped_factored_rms(hp={self.hp!r}, index={self.index})"
 
 
 class ScaleByRms(Transform):
@@ -699,6 +770,12 @@ class ScaleByHFac(ScaleByFactoredRms):
 def scale_by_factored_rms(hp: str = "betas", index: int | None = 1) -> ScaleByFactoredRms:
     """See :class:`ScaleByFactoredRms`."""
     return ScaleByFactoredRms(hp=hp, index=index)
+
+
+def scale_by_clipped_factored_rms(hp: str = "betas", index: int | None = 1) -> ScaleByClippedFactoredRms:
+    """``chain(scale_by_factored_rms(), clip_by_rms())`` in fewer passes; see
+    :class:`ScaleByClippedFactoredRms`."""
+    return ScaleByClippedFactoredRms(hp=hp, index=index)
 
 
 def scale_by_rms(hp: str = "betas", index: int | None = 1) -> ScaleByRms:
