@@ -124,7 +124,9 @@ def test_speed_json_reports_ops(capsys):
     rc = main(["speed", "--model", "tiny", "--optimizers", "lion", "--steps", "1", "--repeat", "1",
                "--warmup", "1", "--no-peers", "--json"])
     assert rc == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    data = json.loads(capsys.readouterr().out)
+    assert data["matmul_precision"] == torch.get_float32_matmul_precision()
+    rows = {r["name"]: r for r in data["rows"]}
     assert rows["torch:AdamW(foreach)"]["ops"]["foreach"] >= 4
     # fused: one kernel for the update and one foreach op for the step counters
     assert rows["torch:AdamW(fused)"]["ops"] == {"compute": 2, "foreach": 1}

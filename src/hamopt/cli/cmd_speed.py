@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="interval for the amortized step of SVD-based optimizers (default 200)")
     p.add_argument("--no-peers", action="store_true", help="skip pytorch_optimizer / lion_pytorch / grams rows")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--matmul-precision", choices=("highest", "high", "medium"),
+                   help="torch.set_float32_matmul_precision for the run: 'high' allows TF32 tensor cores "
+                        "on GPUs (faster rotations for SVD-based optimizers, less exact); default: torch's "
+                        "current setting ('highest' unless changed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -66,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--warmup must be at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.matmul_precision:
+        torch.set_float32_matmul_precision(args.matmul_precision)
 
     def progress(label: str) -> None:
         if not args.json:
@@ -74,11 +80,13 @@ def run(args: argparse.Namespace) -> int:
     t = speed_table(shapes, infos, device=str(dev), steps=args.steps, warmup=args.warmup, repeat=args.repeat,
                     peers=not args.no_peers, svd_interval=args.svd_interval, progress=progress)
     t["model"] = "custom shapes" if args.shapes else args.model
+    t["matmul_precision"] = torch.get_float32_matmul_precision()
     if args.json:
         print(json.dumps(t, indent=2))
         return 0
     print(f"{t['model']}: {t['params']:,} parameters on {t['device_name']}, torch {t['torch']}; "
-          f"copy bandwidth {t['bandwidth_gbs']:.1f} GB/s; median of {t['steps'] * t['repeat']} steps")
+          f"copy bandwidth {t['bandwidth_gbs']:.1f} GB/s; float32 matmul precision {t['matmul_precision']}; "
+          f"median of {t['steps'] * t['repeat']} steps")
     w = max(len(r["name"]) for r in t["rows"])
     print(f"{'optimizer':<{w}}  {'ms/step':>9}  {'GB/s':>7}  {'% bw':>5}  {'vs foreach':>10}  {'vs fused':>8}  "
           f"{'state':>10}  {'ops':>9}  notes")
