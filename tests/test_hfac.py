@@ -587,3 +587,50 @@ def test_scale_by_clipped_factored_rms_equals_the_composed_transforms(foreach: b
         if x.size:
             assert not np.allclose(u, x)
         np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")
+
+
+def ref_phi_psi(x, grads, lr, b, phi, psi):
+    """signFSGD's loop (Algorithm 2, corrected terms) with the reshapers grad phi, grad psi."""
+    shape = x.shape
+    fac = x.ndim >= 2
+    x = _mat(x).copy() if fac else x.astype(np.float64).copy()
+    if fac:
+        m, n = x.shape
+        u, v = np.zeros(m), np.zeros(n)
+    else:
+        M = np.zeros_like(x)
+    for g in grads:
+        G = _mat(g) if fac else g
+        if fac:
+            u = b * u + (1 - b) * G @ np.ones(n) / n
+            v = b * v + (1 - b) * G.T @ np.ones(m) / m
+            ut, vt = u - G @ np.ones(n) / n, v - G.T @ np.ones(m) / m
+            D = phi(b * np.outer(ut, np.ones(n)) + G) + psi(b * np.outer(np.ones(m), vt) + G)
+        else:
+            M = b * M + (1 - b) * G
+            D = phi(b * (M - G) + G) + psi(b * (M - G) + G)
+        x = x - lr * D
+    return x.reshape(shape)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("reshapers", [("identity", "tanh"), ("tanh", "sign"), ("identity", "identity")])
+def test_phi_psi_reshapers_match_reference(reshapers: tuple[str, str], foreach: bool) -> None:
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import factored_momentum, scale_by_factored_phi_psi, scale_by_learning_rate
+
+    ours = {"identity": "identity", "sign": "sign", "tanh": torch.tanh}
+    theirs = {"identity": lambda z: z, "sign": np.sign, "tanh": np.tanh}
+    phi, psi = reshapers
+    xs, grads = _batch_data(15)
+    out = _run_skips(lambda ps: ChainedOptimizer(
+        ps, dict(lr=0.01, beta=0.9),
+        [factored_momentum(hp="beta", index=None, corrected_decay=False, scale_by_beta=True),
+         scale_by_factored_phi_psi(ours[phi], ours[psi]), scale_by_learning_rate()], foreach=foreach), xs, grads)
+    for i, (o, x, g) in enumerate(zip(out, xs, grads)):
+        if x.size == 0:
+            assert o.shape == x.shape
+            continue
+        expected = ref_phi_psi(x, _live(i, g), 0.01, 0.9, theirs[phi], theirs[psi])
+        assert not np.allclose(expected, x)
+        np.testing.assert_allclose(o, expected, rtol=RTOL, atol=ATOL, err_msg=f"param {i}")

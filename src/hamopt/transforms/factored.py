@@ -612,10 +612,19 @@ class ScaleByFactoredPhiPsi(Transform):
         f = ctx.foreach
         groups, fulls = _momentum_terms(ctx)
         out: list[Tensor] = list(updates)
-        for js, a, b in groups:
+        # psi's argument goes to one scratch buffer shared by the batches (largest first); a
+        # batch's stacked copy of G (k > 1, made for this step) becomes its result.
+        tmp: Tensor | None = None
+        for js, a, b in sorted(groups, key=lambda t: -_stacked_grads(ctx, t[0]).numel()):
             g = _stacked_grads(ctx, js)
-            x = _apply(self.phi, [g + a.unsqueeze(2)], f)[0]
-            y = _apply(self.psi, [g + b.unsqueeze(1)], f)[0]
+            if tmp is None:
+                tmp = torch.empty(g.numel(), dtype=g.dtype, device=g.device)
+            y = _apply(self.psi, [torch.add(g, b.unsqueeze(1), out=tmp[:g.numel()].view(g.shape))], f)[0]
+            if len(js) > 1:  # our copy: phi's argument in place, and no one reads it as G again
+                ctx.scratch.pop(("factored_stack", js), None)
+                x = _apply(self.phi, [g.add_(a.unsqueeze(2))], f)[0]
+            else:
+                x = _apply(self.phi, [g + a.unsqueeze(2)], f)[0]
             x.add_(y)
             for i, v in _unstacked(x, js, ctx.grads):
                 out[i] = v
