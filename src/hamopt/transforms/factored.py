@@ -86,6 +86,13 @@ def _check_factored(group: Mapping[str, Any]) -> None:
         raise ValueError(f"Invalid factored: {f!r} (expected True or False)")
 
 
+def _reduce_by_matmul(x: Tensor) -> bool:
+    """Whether reductions along rows use a product with a vector: on the CPU, where it is
+    several times faster than ``sum(dim=-2)``; elsewhere plain sums, exact whatever the
+    TF32 matmul setting (tests switch this to cover both branches on the CPU)."""
+    return x.device.type == "cpu" and x.dtype.is_floating_point
+
+
 def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Row sums ``X 1_n`` and column sums ``X^T 1_m`` of a matrix ``X`` (``m x n``) or of a
     stack of them (``k x m x n``, giving ``k x m`` and ``k x n``); of ``X^2`` with ``square=True``.
@@ -100,7 +107,7 @@ def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> 
     if square:
         x = torch.mul(x, x, out=out) if out is not None else x * x
     rows = x.sum(dim=-1)
-    if x.device.type == "cpu" and x.dtype.is_floating_point:
+    if _reduce_by_matmul(x):
         cols = torch.matmul(x.new_ones(x.shape[-2]), x)
     else:
         cols = x.sum(dim=-2)
@@ -121,7 +128,7 @@ def weighted_row_sums(x: Tensor, w: Tensor, overwrite: bool = False) -> Tensor:
     an element-wise product and a sum (exact whatever the TF32 matmul setting), written into
     ``x`` when ``overwrite`` (the caller owns ``x`` and no longer needs it).
     """
-    if x.device.type == "cpu" and x.dtype.is_floating_point:
+    if _reduce_by_matmul(x):
         return torch.matmul(x, w.unsqueeze(-1)).squeeze(-1)
     y = x.mul_(w.unsqueeze(-2)) if overwrite else x * w.unsqueeze(-2)
     return y.sum(dim=-1)
