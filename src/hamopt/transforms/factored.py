@@ -54,6 +54,7 @@ __all__ = [
     "ScaleByRms",
     "add_normalized_factored_momentum",
     "factored_momentum",
+    "holds_squares",
     "is_factored",
     "row_col_sums",
     "scale_by_factored_phi_psi",
@@ -64,7 +65,7 @@ __all__ = [
     "scale_by_hfac",
     "scale_by_rms",
     "vector_sums",
-    "weighted_row_sums",
+    "scaled_row_sums_of_squares",
 ]
 
 #: ``ctx.scratch`` key under which :class:`FactoredMomentum` leaves its terms for a reshaper.
@@ -98,12 +99,16 @@ def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> 
     stack of them (``k x m x n``, giving ``k x m`` and ``k x n``); of ``X^2`` with ``square=True``.
 
     The one place the factored transforms reduce over matrix entries (zero-size matrices
-    give zero sums). With ``square=True`` the squares are written to ``out`` (a tensor of
-    ``x``'s shape the caller owns and may reuse afterwards, e.g. as its output buffer), so
-    no temporary is allocated here. Column sums are a product with ``1_m`` on the CPU
-    (``sum(dim=-2)`` is several times slower there) and a plain ``sum`` elsewhere (exact
-    arithmetic whatever the TF32 matmul setting on CUDA).
+    give zero sums). On the CPU, column sums are a product with ``1_m`` (``sum(dim=-2)``
+    and ``vector_norm(dim=-2)`` are several times slower there) and with ``square=True``
+    the squares are first written to ``out`` (a tensor of ``x``'s shape that the caller
+    owns; :func:`holds_squares` tells it whether ``out`` now holds ``X^2``). Elsewhere the
+    sums are plain reductions (``vector_norm`` for squares: one read, no write), exact
+    whatever the TF32 matmul setting on CUDA.
     """
+    if square and not _reduce_by_matmul(x):
+        return (torch.linalg.vector_norm(x, dim=-1).square_(),
+                torch.linalg.vector_norm(x, dim=-2).square_())
     if square:
         x = torch.mul(x, x, out=out) if out is not None else x * x
     rows = x.sum(dim=-1)
@@ -114,24 +119,30 @@ def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> 
     return rows, cols
 
 
+def holds_squares(x: Tensor) -> bool:
+    """Whether ``row_col_sums(x, square=True, out=buf)`` leaves ``X^2`` in ``buf``."""
+    return _reduce_by_matmul(x)
+
+
 def row_sums_of_squares(x: Tensor) -> Tensor:
     """``X^2 1_n`` of a matrix ``X`` (``m x n``) or of a stack (``k x m x n``, giving ``k x m``),
     without a temporary (a reduction over matrix entries like :func:`row_col_sums`)."""
     return torch.linalg.vector_norm(x, dim=-1).square_()
 
 
-def weighted_row_sums(x: Tensor, w: Tensor, overwrite: bool = False) -> Tensor:
-    """``X w`` (``sum_j X_ij w_j``) of a matrix ``X`` (``m x n``) and a vector ``w`` (``n``), or
-    of stacks of them (``k x m x n`` and ``k x n``, giving ``k x m``).
+def scaled_row_sums_of_squares(x: Tensor, w: Tensor, squares: Tensor | None = None,
+                               out: Tensor | None = None) -> Tensor:
+    """``sum_j (X_ij w_j)^2`` per row of a matrix ``X`` (``m x n``) and a vector ``w`` (``n``),
+    or of stacks of them (``k x m x n`` and ``k x n``, giving ``k x m``).
 
-    A reduction over matrix entries like :func:`row_col_sums`. A product on the CPU; elsewhere
-    an element-wise product and a sum (exact whatever the TF32 matmul setting), written into
-    ``x`` when ``overwrite`` (the caller owns ``x`` and no longer needs it).
+    A reduction over matrix entries like :func:`row_col_sums`. Given ``squares = X^2`` (kept
+    on the CPU, see :func:`holds_squares`) it is one product ``X^2 w^2``; otherwise ``X w^T``
+    is written to ``out`` (which the caller owns) and its row norms are taken.
     """
-    if _reduce_by_matmul(x):
-        return torch.matmul(x, w.unsqueeze(-1)).squeeze(-1)
-    y = x.mul_(w.unsqueeze(-2)) if overwrite else x * w.unsqueeze(-2)
-    return y.sum(dim=-1)
+    if squares is not None:
+        return torch.matmul(squares, (w * w).unsqueeze(-1)).squeeze(-1)
+    y = torch.mul(x, w.unsqueeze(-2), out=out) if out is not None else x * w.unsqueeze(-2)
+    return row_sums_of_squares(y)
 
 
 def vector_sums(v: Tensor) -> Tensor:
@@ -301,14 +312,15 @@ class ScaleByFactoredRms(Transform):
 
     def _moments(self, ctx: StepContext) -> tuple[list[tuple[int, ...]], list[Tensor], list[int]]:
         """Update ``r, s`` (and ``v`` of unfactored tensors) for this step; return the batches,
-        one fresh ``k x m x n`` buffer per batch (holding ``G^2``, free to overwrite) and the
+        one fresh ``k x m x n`` buffer per batch (holding ``G^2`` when :func:`holds_squares`,
+        free to overwrite) and the
         indices of the unfactored tensors."""
         eps = ctx.group["eps"]
         decays = _decays(_beta(ctx.group, self.hp, self.index), ctx.steps, True)
         fac, full = _split(ctx, "v_row")
         f = ctx.foreach
         batches = _groups(ctx, fac)
-        # 1. the sums of G^2 per batch, written into the batch's output buffer
+        # 1. the sums of G^2 per batch (on CPU via G^2 written into the batch's output buffer)
         bufs: list[Tensor] = []
         news: list[Tensor] = []
         adds: list[Any] = []
@@ -317,7 +329,7 @@ class ScaleByFactoredRms(Transform):
         for js in batches:
             g = _stacked_grads(ctx, js)  # k x m x n (a view when k = 1)
             m, n = g.shape[1], g.shape[2]
-            o = torch.empty_like(g, memory_format=torch.contiguous_format)  # G^2, then the update
+            o = torch.empty_like(g, memory_format=torch.contiguous_format)  # (G^2 on CPU,) the update
             rows, cols = row_col_sums(g, square=True, out=o)
             outs.append(o)
             for i, rk, ck in zip(js, rows.unbind(0), cols.unbind(0)):
@@ -710,13 +722,14 @@ class ScaleByHFac(ScaleByFactoredRms):
 
     For an ``m x n`` matrix, with ``c_i = sqrt(1^T r / r_i)`` and ``d_j = 1 / sqrt(s_j)``,
     ``G / sqrt(V) = G_ij c_i d_j``, whose squared RMS is ``sum_i c_i^2 (G^2 d^2)_i / (mn)``:
-    one weighted row sum of the ``G^2`` buffer, so the clipping factor ``kappa`` is known
+    one scaled row sum of squares (:func:`scaled_row_sums_of_squares`: one product with the
+    ``G^2`` buffer on the CPU, ``G d^T`` and its row norms elsewhere), so the clip factor ``kappa`` is known
     before the update is written. ``phi = c_i alpha_i`` with ``alpha_i = coef a_i sqrt(n / 1^T r)``
     and ``psi = beta_j = coef b_j sqrt(m / s_j)``, hence::
 
         D_ij = c_i (kappa d_j G_ij + alpha_i) + beta_j
 
-    two element-wise passes (``addcmul``) into the buffer that held ``G^2``. Unfactored
+    two element-wise passes (``addcmul``) into the batch's fresh buffer. Unfactored
     tensors, and calls whose ``updates`` are not the gradients, run the three transforms.
     """
 
@@ -755,8 +768,8 @@ class ScaleByHFac(ScaleByFactoredRms):
             beta = (b * d).mul_(coef * math.sqrt(m))  # coef b_j sqrt(m / s_j)
             alpha = a * tot.rsqrt().mul_(coef * math.sqrt(n))  # coef a_i sqrt(n / 1^T r)
             if thr is not None:
-                # ||G c d^T|| from the G^2 buffer, then kappa = 1 / max(1, RMS / d) folded into d
-                sq = weighted_row_sums(o, s.reciprocal(), overwrite=True).mul_(c2)
+                # ||G c d^T|| before the update is written; kappa = 1 / max(1, RMS / d) folded into d
+                sq = scaled_row_sums_of_squares(g, d, o if holds_squares(o) else None, out=o).mul_(c2)
                 nrm = vector_sums(sq).sqrt_()
                 d.div_(nrm.mul_(1.0 / (math.sqrt(max(m * n, 1)) * thr)).clamp_min_(1.0))
             torch.addcmul(alpha.unsqueeze(2), g, d.unsqueeze(1), out=o)
