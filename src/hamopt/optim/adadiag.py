@@ -22,12 +22,11 @@ from ..registry import OptimizerInfo, matrix_dims, numel, register
 from ..transforms.adadiag import rotation_mode, scale_by_svd_rotation
 from ..transforms.common import (
     add_decayed_weights,
-    clip_by_rms,
     scale_by_adam,
     scale_by_ema,
     scale_by_learning_rate,
 )
-from ..transforms.factored import scale_by_factored_rms
+from ..transforms.factored import scale_by_clipped_factored_rms
 
 __all__ = ["AdaDiag", "AdafacDiag"]
 
@@ -175,7 +174,7 @@ class AdafacDiag(ChainedOptimizer):
         foreach: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        inner = chain(scale_by_factored_rms(), clip_by_rms(), scale_by_ema(corrected=True))
+        inner = chain(scale_by_clipped_factored_rms(), scale_by_ema(corrected=True))
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold,
