@@ -1,13 +1,15 @@
-"""Interleaved step times of the H-Fac family beside torch AdamW on LLaMA-60M shapes.
+"""Interleaved step times of any optimizers beside torch AdamW on a model's shapes.
 
 ``hamopt speed`` times one optimizer after another; on a shared, noisy machine the ratios
 drift between runs. This script steps every optimizer once per round on the same parameters
 and gradients (round-robin), so load changes hit all of them alike, and prints the median
 step time and its ratio to AdamW (foreach)::
 
-    OMP_NUM_THREADS=1 python benchmarks/hfac_step.py --rounds 7 hfac adafactor_m signfsgd
+    OMP_NUM_THREADS=1 python benchmarks/interleaved_step.py --rounds 7 hfac adafactor_m signfsgd
+    python benchmarks/interleaved_step.py grams peer:grams.Grams peer:pytorch_optimizer.Grams
 
-Names are hamopt registry names; ``adamw`` (foreach) and ``fused`` are torch's AdamW.
+Names are hamopt registry names; ``adamw`` (foreach) and ``fused`` are torch's AdamW;
+``peer:<module>.<Class>`` is one of ``hamopt.bench.speed.PEERS`` (their own defaults).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 import hamopt
 from hamopt.bench.shapes import model_shapes
+from hamopt.bench.speed import PEERS
 
 
 def main() -> None:
@@ -43,6 +46,11 @@ def main() -> None:
             opts[n] = torch.optim.AdamW(ps, lr=1e-6, foreach=True)
         elif n == "fused":
             opts[n] = torch.optim.AdamW(ps, lr=1e-6, fused=True)
+        elif n.startswith("peer:"):
+            peer = next((p for p in PEERS if p.label == n), None)
+            if peer is None or not peer.available():
+                raise SystemExit(f"unknown or missing peer {n!r}; known: {', '.join(p.label for p in PEERS)}")
+            opts[n] = peer.factory()(ps)
         else:
             opts[n] = hamopt.create(n, ps, lr=1e-6)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -59,7 +67,7 @@ def main() -> None:
     print(f"{args.model} on {dev}, {args.threads} thread(s), median of {args.rounds} interleaved rounds")
     for n in names:
         med = statistics.median(times[n])
-        print(f"{n:16s} {med * 1e3:9.1f} ms   x{med / base:5.2f} AdamW(foreach)")
+        print(f"{n:32s} {med * 1e3:9.1f} ms   x{med / base:5.2f} AdamW(foreach)")
 
 
 if __name__ == "__main__":
