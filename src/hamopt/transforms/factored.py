@@ -208,6 +208,28 @@ def _unstacked(st: Tensor, js: tuple[int, ...], like: Sequence[Tensor]) -> list[
     return [(i, x if like[i].dim() == 2 else x.view(like[i].shape)) for i, x in zip(js, st.unbind(0))]
 
 
+def _scaled_into(ctx: StepContext, updates: Sequence[Tensor], js: tuple[int, ...], scale: Tensor,
+                 o: Tensor) -> None:
+    """``o = stack(updates[js]) * scale`` (``k x m x n``), with no extra copy when the updates
+    are the gradients (their stack is shared per step) or a single matrix."""
+    if updates is ctx.grads:
+        torch.mul(_stacked_grads(ctx, js), scale, out=o)
+    elif len(js) == 1:
+        torch.mul(as_matrix(updates[js[0]]).unsqueeze(0), scale, out=o)
+    else:
+        torch.stack([as_matrix(updates[i]) for i in js], out=o)
+        o.mul_(scale)
+
+
+def _publish(ctx: StepContext, js: tuple[int, ...], o: Tensor, updates: Sequence[Tensor], out: list[Tensor]) -> None:
+    """Hand the batch ``o`` out as per-parameter views, and leave it in ``ctx.scratch`` so a
+    later transform can work on the whole batch at once."""
+    views = _unstacked(o, js, updates)
+    for i, x in views:
+        out[i] = x
+    ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
+
+
 def _decays(beta: Any, steps: Sequence[Any], corrected: bool) -> list[Any]:
     """Per-parameter decay: the bias-corrected ``beta_t`` or the constant ``beta``."""
     if corrected:
@@ -359,18 +381,9 @@ class ScaleByFactoredRms(Transform):
             s = _stack([ctx.states[i]["v_col"] for i in js])
             # 1 / sqrt(V_ij) = sqrt(1^T r) / sqrt(r_i) / sqrt(s_j)
             rr = r.rsqrt().mul_(vector_sums(r).sqrt_())
-            if updates is ctx.grads:
-                torch.mul(_stacked_grads(ctx, js), rr.unsqueeze(2), out=o)
-            elif len(js) == 1:
-                torch.mul(as_matrix(updates[js[0]]).unsqueeze(0), rr.unsqueeze(2), out=o)
-            else:
-                torch.stack([as_matrix(updates[i]) for i in js], out=o)
-                o.mul_(rr.unsqueeze(2))
+            _scaled_into(ctx, updates, js, rr.unsqueeze(2), o)
             o.mul_(s.rsqrt().unsqueeze(1))
-            views = _unstacked(o, js, updates)
-            for i, x in views:
-                out[i] = x
-            ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
+            _publish(ctx, js, o, updates, out)
         if full:
             v = [ctx.states[i]["v_full"] for i in full]
             o_full = _binary([updates[i] for i in full], ops.sqrt(v, f), "div", f)
@@ -415,22 +428,13 @@ class ScaleByClippedFactoredRms(ScaleByFactoredRms):
             r = _stack([ctx.states[i]["v_row"] for i in js])
             d = _stack([ctx.states[i]["v_col"] for i in js]).rsqrt().unsqueeze(1)  # 1 / sqrt(s_j)
             c2 = vector_sums(r) / r  # c_i^2 = 1^T r / r_i
-            if updates is ctx.grads:
-                torch.mul(_stacked_grads(ctx, js), d, out=o)
-            elif len(js) == 1:
-                torch.mul(as_matrix(updates[js[0]]).unsqueeze(0), d, out=o)
-            else:
-                torch.stack([as_matrix(updates[i]) for i in js], out=o)
-                o.mul_(d)
+            _scaled_into(ctx, updates, js, d, o)
             c = c2.sqrt()
             if thr is not None:
                 nrm = vector_sums(row_sums_of_squares(o).mul_(c2)).sqrt_()  # ||X c d^T||, k x 1
                 c.div_(nrm.mul_(1.0 / (math.sqrt(max(m * n, 1)) * thr)).clamp_min_(1.0))
             o.mul_(c.unsqueeze(2))
-            views = _unstacked(o, js, updates)
-            for i, x in views:
-                out[i] = x
-            ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
+            _publish(ctx, js, o, updates, out)
         if full:
             v = [ctx.states[i]["v_full"] for i in full]
             u = _binary([updates[i] for i in full], ops.sqrt(v, f), "div", f)
@@ -774,10 +778,7 @@ class ScaleByHFac(ScaleByFactoredRms):
                 d.div_(nrm.mul_(1.0 / (math.sqrt(max(m * n, 1)) * thr)).clamp_min_(1.0))
             torch.addcmul(alpha.unsqueeze(2), g, d.unsqueeze(1), out=o)
             torch.addcmul(beta.unsqueeze(1), o, c.unsqueeze(2), out=o)
-            views = _unstacked(o, js, updates)
-            for i, x in views:
-                out[i] = x
-            ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
+            _publish(ctx, js, o, updates, out)
         if full:
             v = [ctx.states[i]["v_full"] for i in full]
             den = ops.sqrt(v, f)
