@@ -23,6 +23,16 @@ STEPS = 50
 RTOL, ATOL = 1e-10, 1e-12
 
 
+@pytest.fixture(autouse=True)
+def _batch_as_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU every matrix is its own batch by default; these tests stack same-shape
+    matrices as a GPU does, so the batched path is what they compare with the references
+    (test_cpu_default_does_not_stack covers the CPU default)."""
+    from hamopt.transforms import factored
+
+    monkeypatch.setattr(factored, "CPU_STACK_MAX_NUMEL", factored.STACK_MAX_NUMEL)
+
+
 def bt(b: float, t: int) -> float:
     """Bias-corrected decay b_t = b (1 - b^(t-1)) / (1 - b^t) (seed 000, section 4.1)."""
     return 0.0 if b == 0 else b * (1 - b ** (t - 1)) / (1 - b**t)
@@ -626,3 +636,38 @@ def test_accelerator_reduction_branch_matches_reference(case: Any, monkeypatch: 
     for i, (o, x, g) in enumerate(zip(out, xs, grads)):
         if x.size:
             np.testing.assert_allclose(o, ref(x, _live(i, g)), rtol=RTOL, atol=ATOL, err_msg=f"param {i}")
+
+
+def test_cpu_default_does_not_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the CPU default no gradient stack is made, and the result equals the batched run."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hamopt.transforms import factored
+
+    class Calls(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    xs, grads = _batch_data(5)
+    batched = _run_skips(lambda ps: hamopt.HFac(ps, lr=0.01, weight_decay=0.1), xs, grads)
+    monkeypatch.setattr(factored, "CPU_STACK_MAX_NUMEL", 0)
+    single = _run_skips(lambda ps: hamopt.HFac(ps, lr=0.01, weight_decay=0.1), xs, grads)
+    for a, b in zip(batched, single):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    ps = [torch.nn.Parameter(torch.randn(8, 6, dtype=torch.float64)) for _ in range(3)]
+    opt = hamopt.HFac(ps)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    with Calls() as calls:
+        opt.step()
+    assert "stack" not in calls.names and "cat" not in calls.names
+    monkeypatch.setattr(factored, "CPU_STACK_MAX_NUMEL", factored.STACK_MAX_NUMEL)
+    with Calls() as calls:
+        opt.step()
+    assert "stack" in calls.names or "cat" in calls.names  # the same-shape matrices are batched
