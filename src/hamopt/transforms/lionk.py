@@ -398,8 +398,10 @@ class ScaleByLionK(Transform):
             c = list(torch._foreach_lerp(m, updates, 1.0 - b1))
         else:
             c = [torch.lerp(a, g, 1.0 - b1) for a, g in zip(m, updates)]
+        # the kernel first, while the tail of c is still in cache; then the momentum
+        out = self._kernel(ctx.group).grad_(c, f)
         ops.lerp_(m, updates, 1.0 - b2, f)
-        return ctx.fresh(self._kernel(ctx.group).grad_(c, f))
+        return ctx.fresh(out)
 
     def __repr__(self) -> str:
         return f"scale_by_lionk({self.kernel!r})"
