@@ -8,8 +8,10 @@ compiled foreach) in the same run, so the ratios are comparable on a shared mach
 
     python benchmarks/compiled_step.py --model llama60m --device cuda --optimizers hfac adafactor_m lion grams
 
-Learning rates are wrapped in tensors before compiling so that an LR schedule would not
-recompile the step (torch's advice for compiled optimizers).
+Steps are compiled with :func:`hamopt.compile_step` (learning rates become tensors first,
+so an LR schedule does not recompile the step). ``--peers`` adds the peer implementations
+of ``hamopt speed`` (``pytorch_optimizer``, ``lion_pytorch``, ``grams``), eager and compiled
+the same way, for a like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -25,21 +27,11 @@ import torch
 
 import hamopt
 from hamopt.bench.shapes import model_shapes, total_params
-from hamopt.bench.speed import time_optimizer
+from hamopt.bench.speed import PEERS, time_optimizer
 
 
-def _compiled(factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-              tensor_lr: bool = True) -> Callable[..., Any]:
-    def build(params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        opt = factory(params)
-        for g in opt.param_groups:
-            if tensor_lr and not isinstance(g["lr"], torch.Tensor):
-                g["lr"] = torch.tensor(float(g["lr"]), device=params[0].device)
-        step = torch.compile(opt.step)
-        opt.step = step  # type: ignore[method-assign]
-        return opt
-
-    return build
+def _compiled(factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer]) -> Callable[..., Any]:
+    return lambda params: hamopt.compile_step(factory(params))
 
 
 def main() -> None:
@@ -49,6 +41,8 @@ def main() -> None:
     ap.add_argument("--optimizers", nargs="+", default=["hfac", "adafactor_m", "lion", "grams", "adamw_variant"])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--peers", nargs="*", metavar="LABEL",
+                    help="peer rows (e.g. peer:pytorch_optimizer.Lion); no label: every installed peer")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
 
@@ -73,12 +67,17 @@ def main() -> None:
     print(f"{args.model}: {total_params(shapes):,} params on {args.device}, torch {torch.__version__}", flush=True)
     run("torch AdamW foreach", lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True))
     run("torch AdamW fused", lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True))
-    run("torch AdamW foreach compiled", _compiled(lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
-                                                     tensor_lr=False))
+    run("torch AdamW foreach compiled", _compiled(lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True)))
     for name in args.optimizers:
         info = hamopt.get(name)
         run(f"{name} eager", lambda ps, i=info: i.create(ps))
         run(f"{name} compiled", _compiled(lambda ps, i=info: i.create(ps)))
+    if args.peers is not None:
+        for peer in PEERS:
+            if peer.graph or not peer.available() or (args.peers and peer.label not in args.peers):
+                continue
+            run(f"{peer.label} eager", peer.factory())
+            run(f"{peer.label} compiled", _compiled(peer.factory()))
     base = next((r["ms"] for r in rows if r["name"] == "torch AdamW foreach" and "ms" in r), None)
     if base:
         print("\nratio to torch AdamW foreach:")

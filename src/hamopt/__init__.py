@@ -14,7 +14,7 @@ optimizers (:mod:`hamopt.optim`, one module per paper family), the registry
 """
 
 from . import transforms
-from .core import Chain, ChainedOptimizer, StepContext, Transform, chain
+from .core import Chain, ChainedOptimizer, StepContext, Transform, chain, compile_step
 from .memory import expected_state_bytes, state_bytes
 from .optim import *  # noqa: F403
 from .optim import __all__ as _optim_all
@@ -30,6 +30,7 @@ __all__ = [
     "Transform",
     "__version__",
     "chain",
+    "compile_step",
     "create",
     "expected_state_bytes",
     "get",
