@@ -2,7 +2,8 @@
 # Everything hamopt measures on a GPU, in one command (CI never has one):
 #   the CUDA tests, `hamopt speed` on LLaMA-60M shapes (exact float32, and with TF32 for the
 #   SVD-rotation optimizers), interleaved step times beside the peers, and AdaDiag's basis
-#   refresh (eigh vs SVD). Reports go to the folder given as $1 (default: gpu-report).
+#   refresh (eigh vs SVD), and eager vs hamopt.compile_step steps beside the peers.
+#   Reports go to the folder given as $1 (default: gpu-report).
 # Uses the environment of scripts/setup.sh, which keeps an installed (CUDA) torch.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,4 +34,7 @@ done
 run "$py" benchmarks/interleaved_step.py --device cuda --rounds 20 \
     hfac adafactor_m adafactor lion grams cadamw fused $peers | tee "$out/interleaved.txt"
 run "$py" benchmarks/adadiag_basis.py --device cuda | tee "$out/adadiag_basis.txt"
+run "$py" benchmarks/compiled_step.py --device cuda --optimizers lion grams cadamw hfac adafactor_m \
+    --peers peer:pytorch_optimizer.Lion peer:lion_pytorch.Lion peer:pytorch_optimizer.Grams peer:grams.Grams \
+    | tee "$out/compiled.txt"
 echo "reports in $out/" >&2
