@@ -118,10 +118,13 @@ def lerp_(xs: list[Tensor], ends: Sequence[Tensor], weight: ScalarOrList, foreac
 
     ``weight`` is one scalar or one per tensor (e.g. a bias-corrected decay per parameter
     step count). Equal Python weights collapse to one scalar, so the common case is a single
-    multi-tensor kernel; differing or tensor weights loop over the tensors.
+    multi-tensor kernel; differing Python weights take the scalar-list kernel, and tensor
+    weights (while compiling) loop over the tensors.
     """
     w = uniform(weight)
-    if isinstance(w, (list, tuple)):
+    if isinstance(w, (list, tuple)) and foreach and xs and not any(isinstance(v, Tensor) for v in w):
+        torch._foreach_lerp_(xs, list(ends), list(w))
+    elif isinstance(w, (list, tuple)):
         for i, (x, e) in enumerate(zip(xs, ends)):
             wi = w[i]
             x.lerp_(e, wi.to(x.dtype) if isinstance(wi, Tensor) else wi)

@@ -245,19 +245,6 @@ def _decays(beta: Any, steps: Sequence[Any], corrected: bool) -> list[Any]:
     return [beta for _ in steps]
 
 
-def _ema_(bufs: list[Tensor], news: Sequence[Tensor], decays: Sequence[Any], foreach: bool) -> None:
-    """``buf = d buf + (1 - d) new`` with one decay ``d`` per tensor."""
-    if not bufs:
-        return
-    weights = [1.0 - d for d in decays]
-    if foreach and not any(isinstance(w, Tensor) for w in weights):
-        # one scalar when the decays are equal (the usual case), else a scalar list
-        torch._foreach_lerp_(bufs, list(news), ops.uniform(weights))
-    else:
-        for b, x, w in zip(bufs, news, weights):
-            b.lerp_(x, w.to(b.dtype) if isinstance(w, Tensor) else w)
-
-
 def _ema(bufs: list[Tensor], news: Sequence[Tensor], decays: Sequence[Any], foreach: bool) -> list[Tensor]:
     """Fresh ``d buf + (1 - d) new`` (the state is left alone), one decay ``d`` per tensor."""
     weights = [1.0 - d for d in decays]
@@ -376,7 +363,7 @@ class ScaleByFactoredRms(Transform):
         # 2. every moving average of the bucket at once: r, s (and v of unfactored tensors)
         if bufs:
             ops.add_(news, ops.uniform(adds), f)
-            _ema_(bufs, news, ds, f)
+            ops.lerp_(bufs, news, [1.0 - d for d in ds], f)
         return batches, outs, full
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
@@ -482,7 +469,8 @@ class ScaleByRms(Transform):
         f = ctx.foreach
         v = ctx.state("exp_avg_sq")
         sq = _binary(ctx.grads, ctx.grads, "mul", f)
-        _ema_(v, sq, _decays(_beta(ctx.group, self.hp, self.index), ctx.steps, True), f)
+        decays = _decays(_beta(ctx.group, self.hp, self.index), ctx.steps, True)
+        ops.lerp_(v, sq, [1.0 - d for d in decays], f)
         den = ops.sqrt(v, f)
         ops.add_(den, ctx.group["eps"], f)
         return ctx.fresh(_binary(updates, den, "div", f))
@@ -543,7 +531,7 @@ class FactoredMomentum(Transform):
     def _terms(self, bufs: list[Tensor], means: list[Tensor], decays: list[Any], b2: Any,
                corrected: bool, f: bool) -> list[Tensor]:
         if self.state_index is None:
-            _ema_(bufs, means, decays, f)
+            ops.lerp_(bufs, means, [1.0 - d for d in decays], f)
             if corrected:
                 terms = _binary(bufs, means, "sub", f)
             elif self.scale_by_beta:
@@ -554,7 +542,7 @@ class FactoredMomentum(Transform):
             terms = _ema(bufs, means, decays, f)
             if corrected:
                 ops.add_(terms, means, f, alpha=-1.0)
-            _ema_(bufs, means, [b2] * len(bufs), f)
+            ops.lerp_(bufs, means, 1.0 - b2, f)
         if self.scale_by_beta:
             ops.mul_(terms, ops.uniform(decays), f)
         return terms
