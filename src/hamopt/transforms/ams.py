@@ -152,8 +152,12 @@ class ScaleByAdamMoments(ScaleByAdam):
     """
 
     def __init__(self, defer_scale: bool = False) -> None:
-        super().__init__(amsgrad=False, nbetas=(2, 3))
+        super().__init__(amsgrad=False)
         self.defer_scale = defer_scale
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        check_ams_betas(group["betas"])
+        V.check_eps(group["eps"])
 
     def _scale(self, ctx: StepContext, out: list[Tensor], k: Any) -> list[Tensor]:
         if self.defer_scale:

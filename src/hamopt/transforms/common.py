@@ -57,27 +57,18 @@ class ScaleByAdam(Transform):
 
     Args:
         amsgrad: keep the running maximum of ``v`` and divide by it.
-        nbetas: the lengths of ``betas`` that :meth:`validate` accepts (``(2,)`` for Adam;
-            AMS passes ``(2, 3)`` since its third beta belongs to the sign buffer). Only
-            ``betas[0]`` and ``betas[1]`` are read.
+
+    Only ``betas[0]`` and ``betas[1]`` are read (AMS's subclass accepts a third).
     """
 
     hyperparams = ("betas", "eps")
 
-    def __init__(self, amsgrad: bool = False, nbetas: tuple[int, ...] = (2,)) -> None:
+    def __init__(self, amsgrad: bool = False) -> None:
         self.amsgrad = amsgrad
-        self.nbetas = tuple(nbetas)
         self.state_keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        betas = group["betas"]
-        if len(self.nbetas) == 1:
-            V.check_betas(betas, self.nbetas[0])
-        else:
-            V.check_betas(betas)
-            if len(betas) not in self.nbetas:
-                forms = " or ".join("(" + ", ".join(f"b{i + 1}" for i in range(n)) + ")" for n in self.nbetas)
-                raise ValueError(f"Invalid betas: {tuple(betas)!r} (expected {forms})")
+        V.check_betas(group["betas"], 2)
         V.check_eps(group["eps"])
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
@@ -277,9 +268,9 @@ class ScaleByLearningRate(Transform):
         return "scale_by_learning_rate()"
 
 
-def scale_by_adam(amsgrad: bool = False, nbetas: tuple[int, ...] = (2,)) -> ScaleByAdam:
+def scale_by_adam(amsgrad: bool = False) -> ScaleByAdam:
     """See :class:`ScaleByAdam`."""
-    return ScaleByAdam(amsgrad=amsgrad, nbetas=nbetas)
+    return ScaleByAdam(amsgrad=amsgrad)
 
 
 def scale_by_ema(key: str = "exp_avg", hp: str = "betas", index: int | None = 0,
