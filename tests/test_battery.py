@@ -335,6 +335,26 @@ def test_foreach_equals_per_tensor_float64(info: OptimizerInfo) -> None:
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_pieces_equal_whole_bucket(info: OptimizerInfo, dtype: torch.dtype) -> None:
+    # The CPU runs the step piece by piece (cpu_chunk_numel); a size of 5 cuts these small
+    # tensors into flat slices wherever the chain is element-wise, and groups whole tensors
+    # otherwise. The parameters and every state tensor must equal one whole-bucket step.
+    if not _chained(info):
+        pytest.skip("torch.optim classes have no CPU pieces")
+    ps = _model_params(dtype=dtype)
+    ps2 = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt, opt2 = make_opt(info, ps), make_opt(info, ps2)
+    opt.cpu_chunk_numel = 0  # type: ignore[attr-defined]
+    opt2.cpu_chunk_numel = 5  # type: ignore[attr-defined]
+    _train(info, opt, ps, 0, 6)
+    _train(info, opt2, ps2, 0, 6)
+    for a, b in zip(ps, ps2):
+        assert torch.equal(a, b), f"{info.name}: pieces differ by {(a - b).abs().max():.3g}"
+    for a, b in zip(_all_state(opt, ps), _all_state(opt2, ps2)):
+        assert torch.equal(a, b), f"{info.name}: state differs by {(a - b).abs().max():.3g}"
+
+
 def test_compiled_step_equals_eager(info: OptimizerInfo) -> None:
     if not info.supports_compile:
         pytest.skip(f"{info.name} declares supports_compile=False")

@@ -120,7 +120,8 @@ def count_step_ops(opt: torch.optim.Optimizer) -> dict[str, int]:
     5-10 us of host time; a ``torch._foreach_*`` op is one launch for a whole list), of which
     ``foreach`` are multi-tensor ops; views and profiler markers are not counted. The count
     does not depend on the device or on timing noise, so it compares optimizers on a machine
-    without a GPU.
+    without a GPU. hamopt's CPU pieces (``cpu_chunk_numel``) are off while counting, so the
+    count is the whole-bucket step a GPU runs.
     """
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -134,8 +135,17 @@ def count_step_ops(opt: torch.optim.Optimizer) -> dict[str, int]:
                 counts["foreach"] += name.startswith("_foreach")
             return func(*args, **(kwargs or {}))
 
-    with _Count():
-        opt.step()
+    chunk = opt.__dict__.get("cpu_chunk_numel")
+    if hasattr(opt, "cpu_chunk_numel"):
+        opt.cpu_chunk_numel = 0  # type: ignore[attr-defined]
+    try:
+        with _Count():
+            opt.step()
+    finally:
+        if chunk is None:
+            opt.__dict__.pop("cpu_chunk_numel", None)
+        else:
+            opt.cpu_chunk_numel = chunk  # type: ignore[attr-defined]
     return counts
 
 

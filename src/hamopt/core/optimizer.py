@@ -26,13 +26,14 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .transform import Chain, StepContext, Transform
+from .transform import BUCKET, ELEMENT, Chain, StepContext, Transform
 
 __all__ = ["ChainedOptimizer", "ParamsT"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+_PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def _is_compiling() -> bool:
@@ -40,6 +41,49 @@ def _is_compiling() -> bool:
         return bool(torch.compiler.is_compiling())
     except AttributeError:  # pragma: no cover - torch < 2.3
         return False
+
+
+def _can_slice(p: Tensor, g: Tensor, state: Mapping[str, Any]) -> bool:
+    """Whether ``p``'s step may run on flat slices: plain contiguous tensors, and every state
+    tensor but ``step`` shaped like ``p`` (element-wise state)."""
+    if type(p) not in _PLAIN or type(g) not in _PLAIN or not (p.is_contiguous() and g.is_contiguous()):
+        return False
+    return all(k == "step" or not isinstance(v, Tensor)
+               or (type(v) in _PLAIN and v.shape == p.shape and v.is_contiguous())
+               for k, v in state.items())
+
+
+class _SliceState(dict):  # type: ignore[type-arg]
+    """A parameter's state restricted to the flat slice ``[lo, hi)``: views of its element-wise
+    state tensors (``step`` and other entries as they are).
+
+    In-place updates of the views reach the real state directly. :meth:`write_back` carries
+    the rest over: an entry a transform created during the step (momentum switched on) is
+    placed into a new full-size tensor, a replaced view is copied into the real tensor, and
+    a deleted entry is deleted.
+    """
+
+    def __init__(self, real: dict[str, Any], param: Tensor, lo: int, hi: int) -> None:
+        self.real, self.shape, self.lo, self.hi = real, param.shape, lo, hi
+        views = {k: (v.view(-1)[lo:hi] if k != "step" and isinstance(v, Tensor) else v) for k, v in real.items()}
+        super().__init__(views)
+        self.views = dict(views)
+
+    def write_back(self) -> None:
+        if len(self) == len(self.views) and all(self.get(k) is v for k, v in self.views.items()):
+            return
+        for k in [k for k in self.views if k not in self]:
+            self.real.pop(k, None)
+        for k, v in self.items():
+            if self.views.get(k) is v:
+                continue
+            if isinstance(v, Tensor) and v.numel() == self.hi - self.lo and v.dim() > 0:
+                full = self.real.get(k)
+                if not (isinstance(full, Tensor) and full.shape == self.shape):  # new (or first slice)
+                    full = self.real[k] = v.new_zeros(self.shape)
+                full.view(-1)[self.lo:self.hi].copy_(v.reshape(-1))
+            else:
+                self.real[k] = v
 
 
 class ChainedOptimizer(torch.optim.Optimizer):
@@ -160,10 +204,22 @@ class ChainedOptimizer(torch.optim.Optimizer):
         else:
             steps = self._advance_steps(params, states)
 
-        ctx = StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps, foreach=foreach,
-                          leaves=params)
         body, decay, lr_last = self._tail()
-        updates = body.update(ctx, cgrads)
+        pieces = self._cpu_pieces(group, body, cparams, cgrads, states)
+        if pieces is None:
+            self._apply(StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps,
+                                    foreach=foreach, leaves=params), body, decay, lr_last)
+        else:
+            for chunk in pieces:
+                self._apply_piece(group, chunk, cparams, cgrads, states, steps, params, foreach, body, decay, lr_last)
+        if cast:
+            for p, cp in zip(params, cparams):
+                p.copy_(cp)
+
+    def _apply(self, ctx: StepContext, body: Transform, decay: bool, lr_last: bool) -> None:
+        """Run ``body`` on ``ctx`` and add the update to ``ctx.params``."""
+        cparams, foreach, group = ctx.params, ctx.foreach, ctx.group
+        updates = body.update(ctx, ctx.grads)
         # Fast apply of a chain ending in [add_decayed_weights(),] scale_by_learning_rate():
         # p <- p (1 - lr wd) - lr u, the same as p <- p - lr (u + wd p) with two fewer passes
         # over memory (AdamW's own decoupled form).
@@ -179,9 +235,69 @@ class ChainedOptimizer(torch.optim.Optimizer):
             else:
                 alpha = -lr
         ops.add_(cparams, updates, foreach, alpha=alpha)
-        if cast:
-            for p, cp in zip(params, cparams):
-                p.copy_(cp)
+
+    # ------------------------------------------------------------------ CPU pieces
+    #: On the CPU, run the step on pieces of about this many elements, one after the other,
+    #: so each piece's parameters, gradients, state and temporaries stay in cache (a
+    #: multi-tensor op over a whole model streams every tensor through memory once per op).
+    #: Whole tensors are grouped up to this size; chains whose every transform works element
+    #: by element (:meth:`Transform.granularity` ``"element"``: Adam, Lion, Grams, ...) also
+    #: cut larger tensors into flat slices of this size. The result is the same; 0 turns it
+    #: off. Not used on other devices, nor while compiling (the compiler fuses the step).
+    cpu_chunk_numel: int = 1 << 18
+
+    def _cpu_pieces(self, group: Mapping[str, Any], body: Transform, cparams: list[Tensor],
+                    cgrads: list[Tensor], states: list[dict[str, Any]]) -> list[list[tuple[int, int, int]]] | None:
+        """The pieces of a CPU bucket as lists of ``(index, start, stop)`` (``stop = -1``: the
+        whole tensor), or ``None`` to run the bucket at once."""
+        size = self.cpu_chunk_numel
+        if size <= 0 or cparams[0].device.type != "cpu" or _is_compiling():
+            return None
+        gran = body.granularity(group)
+        if gran == BUCKET or (len(cparams) == 1 and cparams[0].numel() <= size):
+            return None
+        sliceable = gran == ELEMENT
+        chunks: list[list[tuple[int, int, int]]] = []
+        cur: list[tuple[int, int, int]] = []
+        filled = 0
+        for i, (p, g) in enumerate(zip(cparams, cgrads)):
+            n = p.numel()
+            if sliceable and n > size and _can_slice(p, g, states[i]):
+                parts = [(i, lo, min(lo + size, n)) for lo in range(0, n, size)]
+            else:
+                parts = [(i, 0, -1)]
+            for part in parts:
+                k = n if part[2] < 0 else part[2] - part[1]
+                if cur and filled + k > size:
+                    chunks.append(cur)
+                    cur, filled = [], 0
+                cur.append(part)
+                filled += k
+        chunks.append(cur)
+        return chunks if len(chunks) > 1 else None
+
+    def _apply_piece(self, group: dict[str, Any], chunk: list[tuple[int, int, int]], cparams: list[Tensor],
+                     cgrads: list[Tensor], states: list[dict[str, Any]], steps: list[Any], leaves: list[Tensor],
+                     foreach: bool, body: Transform, decay: bool, lr_last: bool) -> None:
+        ps, gs, ss, ts, ls = [], [], [], [], []
+        sliced: list[_SliceState] = []
+        for i, lo, hi in chunk:
+            if hi < 0:
+                ps.append(cparams[i])
+                gs.append(cgrads[i])
+                ss.append(states[i])
+            else:
+                ps.append(cparams[i].view(-1)[lo:hi])
+                gs.append(cgrads[i].view(-1)[lo:hi])
+                st = _SliceState(states[i], cparams[i], lo, hi)
+                ss.append(st)
+                sliced.append(st)
+            ts.append(steps[i])
+            ls.append(leaves[i])
+        self._apply(StepContext(group=group, params=ps, grads=gs, states=ss, steps=ts, foreach=foreach,
+                                leaves=None if sliced else ls), body, decay, lr_last)
+        for st in sliced:
+            st.write_back()
 
     def _advance_steps(self, params: list[Tensor], states: list[dict[str, Any]]) -> list[float]:
         """Add 1 to each parameter's ``step`` and return the counts as Python floats.

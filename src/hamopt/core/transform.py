@@ -42,7 +42,18 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["Chain", "StepContext", "Transform", "chain"]
+__all__ = ["BUCKET", "Chain", "ELEMENT", "StepContext", "TENSOR", "Transform", "chain"]
+
+#: Granularities (:meth:`Transform.granularity`), finest first.
+ELEMENT = "element"
+TENSOR = "tensor"
+BUCKET = "bucket"
+_ORDER = {ELEMENT: 0, TENSOR: 1, BUCKET: 2}
+
+
+def coarsest(*granularities: str) -> str:
+    """The coarsest of some granularities (``ELEMENT`` for none)."""
+    return max(granularities, key=_ORDER.__getitem__, default=ELEMENT)
 
 
 @dataclass
@@ -112,6 +123,7 @@ class Transform:
         hyperparams: names of the parameter-group entries it reads.
         supports_sparse: whether it accepts sparse gradients (none of ours do yet).
         supports_compile: whether its ``update`` traces under ``torch.compile``.
+        splits: its :meth:`granularity` (``BUCKET`` unless a transform declares finer).
     """
 
     state_keys: tuple[str, ...] = ()
@@ -119,9 +131,27 @@ class Transform:
     supports_sparse: bool = False
     supports_compile: bool = True
     needs_grad_graph: bool = False
+    splits: str = BUCKET
 
     def validate(self, group: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` naming the argument and value if ``group`` is invalid."""
+
+    def granularity(self, group: Mapping[str, Any]) -> str:
+        """How finely the optimizer may split a bucket before running this transform.
+
+        ``ELEMENT``: each element's update depends only on that element (of the gradient,
+        the parameter and the state tensors shaped like it) and on per-tensor scalars such
+        as the step count, so the transform may run on flat slices of a tensor. ``TENSOR``:
+        each tensor's update is independent of the other tensors (per-tensor norms, row and
+        column statistics, rotations), so it may run on any sub-list of whole tensors.
+        ``BUCKET`` (the default, always safe): it needs the whole bucket at once.
+
+        On the CPU the optimizer uses this to run the step piece by piece, each piece small
+        enough to stay in cache (:attr:`~hamopt.core.optimizer.ChainedOptimizer.cpu_chunk_numel`).
+        The base method returns the class attribute ``splits``; override it when the answer
+        depends on the hyperparameters.
+        """
+        return self.splits
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
         """Create this transform's state for ``param`` (a tensor in the state dtype)."""
@@ -171,6 +201,9 @@ class Chain(Transform):
     def validate(self, group: Mapping[str, Any]) -> None:
         for t in self.transforms:
             t.validate(group)
+
+    def granularity(self, group: Mapping[str, Any]) -> str:
+        return coarsest(*(t.granularity(group) for t in self.transforms))
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
         for t in self.transforms:

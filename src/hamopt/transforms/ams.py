@@ -40,7 +40,7 @@ from torch import Tensor
 from ..core import ops
 from ..core import validation as V
 from ..core.optimizer import ChainedOptimizer
-from ..core.transform import Chain, StepContext, Transform, state_like
+from ..core.transform import ELEMENT, TENSOR, Chain, StepContext, Transform, state_like
 from .common import ScaleByAdam
 
 __all__ = [
@@ -225,6 +225,11 @@ class ScaleByAms(Transform):
         if self.index is not None:
             V.check_betas(group["betas"])
 
+    def granularity(self, group: Mapping[str, Any]) -> str:
+        # Adam (lam = 1) and Grams (lam = -1, b3 = 0) have factor 1: element by element.
+        lam = self._lam(group)
+        return ELEMENT if lam == 1.0 or (lam == -1.0 and self._b3(group) == 0.0) else TENSOR
+
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
         if self._b3(group) != 0.0:
             state[self.key] = state_like(param, group)
@@ -292,6 +297,7 @@ class AddDecayedWeightsAfterStep(Transform):
     """
 
     hyperparams = ("lr", "weight_decay")
+    splits = ELEMENT  # the per-tensor factor comes from the same piece's mask
 
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_weight_decay(group["weight_decay"])
@@ -340,6 +346,7 @@ class AmsDecayBeforeLr(Transform):
     """
 
     hyperparams = ("lr", "weight_decay")
+    splits = ELEMENT  # the per-tensor factor comes from the same piece's mask
 
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_weight_decay(group["weight_decay"])

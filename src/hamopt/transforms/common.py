@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..core import ops
 from ..core import validation as V
-from ..core.transform import StepContext, Transform, bias_correction, state_like
+from ..core.transform import ELEMENT, TENSOR, StepContext, Transform, bias_correction, state_like
 
 __all__ = [
     "AddDecayedWeights",
@@ -62,6 +62,7 @@ class ScaleByAdam(Transform):
     """
 
     hyperparams = ("betas", "eps")
+    splits = ELEMENT
 
     def __init__(self, amsgrad: bool = False) -> None:
         self.amsgrad = amsgrad
@@ -132,6 +133,8 @@ class ScaleByEma(Transform):
         corrected: use the bias-corrected decay.
     """
 
+    splits = ELEMENT
+
     def __init__(self, key: str = "exp_avg", hp: str = "betas", index: int | None = 0,
                  corrected: bool = True) -> None:
         self.key, self.hp, self.index, self.corrected = key, hp, index, corrected
@@ -177,6 +180,8 @@ class ScaleByEma(Transform):
 class ScaleBySign(Transform):
     """``u -> sign(u)`` (signSGD, Bernstein et al. 2018; the Lion reshaper)."""
 
+    splits = ELEMENT
+
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         return ops.sign_(ctx.writable(updates), ctx.foreach)
 
@@ -210,6 +215,7 @@ class ClipByRms(Transform):
     """
 
     hyperparams = ("clip_threshold",)
+    splits = TENSOR
 
     def validate(self, group: Mapping[str, Any]) -> None:
         d = group["clip_threshold"]
@@ -234,6 +240,7 @@ class AddDecayedWeights(Transform):
     """
 
     hyperparams = ("weight_decay",)
+    splits = ELEMENT
 
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_weight_decay(group["weight_decay"])
@@ -257,6 +264,7 @@ class ScaleByLearningRate(Transform):
     """``u -> -lr * u`` (reads ``lr``, a float or a 0-d tensor). Put it last in a chain."""
 
     hyperparams = ("lr",)
+    splits = ELEMENT
 
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_lr(group["lr"])

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..core import ops
 from ..core import validation as V
-from ..core.transform import StepContext, Transform, as_matrix, is_matrix_like, state_like
+from ..core.transform import ELEMENT, TENSOR, StepContext, Transform, as_matrix, is_matrix_like, state_like
 from .common import ClipByRms, corrected_decay, rms_clip_
 
 __all__ = [
@@ -309,6 +309,7 @@ class ScaleByFactoredRms(Transform):
     """
 
     state_keys = ("v_row", "v_col", "v_full")
+    splits = TENSOR  # row and column statistics of whole matrices
 
     def __init__(self, hp: str = "betas", index: int | None = 1) -> None:
         self.hp, self.index = hp, index
@@ -453,6 +454,7 @@ class ScaleByRms(Transform):
     """
 
     state_keys = ("exp_avg_sq",)
+    splits = ELEMENT
 
     def __init__(self, hp: str = "betas", index: int | None = 1) -> None:
         self.hp, self.index = hp, index
@@ -504,6 +506,7 @@ class FactoredMomentum(Transform):
     """
 
     state_keys = ("mom_row", "mom_col", "mom_full")
+    splits = TENSOR  # row and column statistics of whole matrices
 
     def __init__(self, hp: str = "betas", index: int | None = 0, state_index: int | None = None,
                  corrected_decay: bool = True, scale_by_beta: bool = True) -> None:
@@ -624,6 +627,8 @@ class ScaleByFactoredPhiPsi(Transform):
     ``2 sign(M~ + G)``.
     """
 
+    splits = TENSOR
+
     def __init__(self, phi: Reshaper = "sign", psi: Reshaper = "sign") -> None:
         self.phi, self.psi = phi, psi
 
@@ -674,6 +679,8 @@ class AddNormalizedFactoredMomentum(Transform):
     Must follow :func:`factored_momentum` and :func:`scale_by_factored_rms` in the chain.
     Fallback (``v_full``, full ``M~``): ``updates + 2 coef M~ / sqrt(v)``.
     """
+
+    splits = TENSOR
 
     def __init__(self, coef: float = 0.5) -> None:
         self.coef = coef

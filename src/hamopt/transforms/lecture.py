@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..core import ops
 from ..core import validation as V
-from ..core.transform import StepContext, Transform, bias_correction, state_like
+from ..core.transform import ELEMENT, TENSOR, StepContext, Transform, bias_correction, state_like
 from .common import ScaleByAdam
 
 __all__ = [
@@ -160,6 +160,8 @@ class CentralizeGradients(Transform):
             optimizers), so it can be turned off per parameter group. ``None``: always on.
     """
 
+    splits = TENSOR  # row means
+
     def __init__(self, hp: str | None = None) -> None:
         self.hp = hp
         self.hyperparams = (hp,) if hp is not None else ()
@@ -202,6 +204,7 @@ class ScaleByAdaMod(Transform):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "exp_avg_lr")
+    splits = ELEMENT
     hyperparams = ("betas", "eps", "lr")
 
     def validate(self, group: Mapping[str, Any]) -> None:
@@ -252,6 +255,7 @@ class ScaleByDiffGrad(Transform):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "previous_grad")
+    splits = ELEMENT
     hyperparams = ("betas", "eps")
 
     def __init__(self) -> None:
@@ -311,6 +315,7 @@ class ScaleByRAdam(Transform):
 
     state_keys = ("exp_avg", "exp_avg_sq")
     hyperparams = ("betas", "eps")
+    splits = ELEMENT
 
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_betas(group["betas"], 2)
@@ -369,6 +374,7 @@ class LookaheadSync(Transform):
     """
 
     state_keys = ("slow_param",)
+    splits = ELEMENT
 
     def __init__(self, k_key: str = "k", alpha_key: str = "alpha") -> None:
         self.k_key, self.alpha_key = k_key, alpha_key

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..core import ops
 from ..core import validation as V
-from ..core.transform import StepContext, Transform, state_like
+from ..core.transform import ELEMENT, TENSOR, StepContext, Transform, state_like
 
 __all__ = [
     "HuberKernel",
@@ -101,6 +101,9 @@ class Kernel:
     """
 
     name = "kernel"
+    #: :meth:`hamopt.core.transform.Transform.granularity` of ``grad_``: ``"element"`` for
+    #: kernels applied coordinate by coordinate, ``"tensor"`` for per-tensor norms/rankings.
+    splits = TENSOR
 
     def grad_(self, xs: list[Tensor], foreach: bool) -> list[Tensor]:
         return [self.grad(x) for x in xs]
@@ -122,6 +125,7 @@ class L1Kernel(Kernel):
     """``K = ||x||_1``, ``gradK = sign`` (Lion). ``K*(y) = 0`` if ``||y||_inf <= 1``."""
 
     name = "l1"
+    splits = ELEMENT
 
     def grad_(self, xs: list[Tensor], foreach: bool) -> list[Tensor]:
         return ops.sign_(xs, foreach)
@@ -173,6 +177,7 @@ class ThresholdKernel(Kernel):
     """
 
     name = "threshold"
+    splits = ELEMENT
 
     def __init__(self, e: float) -> None:
         self.e = float(e)
@@ -235,6 +240,7 @@ class HuberKernel(Kernel):
     """
 
     name = "huber"
+    splits = ELEMENT
 
     def __init__(self, e: float) -> None:
         self.e = float(e)
@@ -386,6 +392,9 @@ class ScaleByLionK(Transform):
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_betas(group["betas"], 2)
         self._kernel(group)
+
+    def granularity(self, group: Mapping[str, Any]) -> str:
+        return self._kernel(group).splits
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
         state["exp_avg"] = state_like(param, group)
