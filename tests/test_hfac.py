@@ -638,6 +638,25 @@ def test_accelerator_reduction_branch_matches_reference(case: Any, monkeypatch: 
             np.testing.assert_allclose(o, ref(x, _live(i, g)), rtol=RTOL, atol=ATOL, err_msg=f"param {i}")
 
 
+@pytest.mark.parametrize("stack", [True, False], ids=["stacked", "single"])
+@pytest.mark.parametrize("case", _BATCH_CASES, ids=lambda c: f"{c[0]}-{sorted(c[1].items())}")
+def test_cpu_row_blocks_match_reference(case: Any, stack: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large matrices are reduced (and H-Fac's update written) in blocks of rows on the CPU;
+    # a block size of 8 entries cuts every matrix here into blocks of one or two rows.
+    from hamopt.transforms import factored
+
+    monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 8)
+    if not stack:
+        monkeypatch.setattr(factored, "CPU_STACK_MAX_NUMEL", 0)
+    assert factored._row_blocks(torch.zeros(4, 7)) is not None
+    name, kw, ref = case
+    xs, grads = _batch_data(16)
+    out = _run_skips(lambda ps: hamopt.get(name).factory(ps, **kw), xs, grads)
+    for i, (o, x, g) in enumerate(zip(out, xs, grads)):
+        if x.size:
+            np.testing.assert_allclose(o, ref(x, _live(i, g)), rtol=RTOL, atol=ATOL, err_msg=f"param {i}")
+
+
 def test_cpu_default_does_not_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the CPU default no gradient stack is made, and the result equals the batched run."""
     from torch.utils._python_dispatch import TorchDispatchMode
