@@ -15,6 +15,8 @@ optimizer is only its defaults and its chain::
 
 Per step and per group, parameters with a gradient are bucketed by (device, dtype); each
 bucket runs the chain once on lists of tensors, so multi-tensor kernels see whole buckets.
+On the CPU a bucket runs in cache-sized pieces instead, as finely as the chain's
+granularity allows (:attr:`ChainedOptimizer.cpu_chunk_numel`).
 """
 
 from __future__ import annotations

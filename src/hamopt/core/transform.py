@@ -25,6 +25,10 @@ Conventions
 * **Lists, not tensors.** ``ctx.foreach`` selects the multi-tensor path; write the
   arithmetic once with :mod:`hamopt.core.ops`, which dispatches to ``torch._foreach_*``
   or to a per-tensor loop (the two agree exactly; a test checks it).
+* **Granularity.** A transform declares how finely a bucket may be cut before it runs
+  (``splits``: ``ELEMENT``, ``TENSOR`` or the default ``BUCKET``); on the CPU the shell
+  runs the chain on cache-sized pieces accordingly. A piece may be a flat slice of a
+  tensor, so an ``ELEMENT`` transform must not look at shapes or whole-tensor statistics.
 * **Shapes.** Transforms receive parameters of any shape, including 0-d and zero-size
   tensors. Shape-dependent transforms (factored statistics, rotations) pick their rule per
   tensor and document the fallback for tensors that are not matrices.
