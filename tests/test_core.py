@@ -307,6 +307,7 @@ def test_cpu_pieces_follow_the_granularity(splits: str) -> None:
     ("adamw_variant", dict(weight_decay=0.1)),
     ("hfac", dict(weight_decay=0.1)),
     ("cadamw", dict(weight_decay=0.1)),
+    ("lion", dict(maximize=True, foreach=False)),
 ])
 def test_cpu_pieces_equal_whole_bucket_steps(name: str, kw: dict) -> None:
     ps, ps2 = _piece_params(), _piece_params()
@@ -334,3 +335,10 @@ def test_cpu_pieces_equal_whole_bucket_steps(name: str, kw: dict) -> None:
             assert v.shape == opt2.state[p2][k].shape
     if name == "ams":
         assert opt2.state[ps2[0]]["sign_avg"].shape == (300, 70)
+
+
+def test_cpu_chunk_setting_survives_deepcopy() -> None:
+    opt = hamopt.Lion([torch.nn.Parameter(torch.zeros(3))])
+    opt.cpu_chunk_numel = 7
+    assert copy.deepcopy(opt).cpu_chunk_numel == 7
+    assert copy.deepcopy(hamopt.Lion([torch.nn.Parameter(torch.zeros(3))])).cpu_chunk_numel == 1 << 18

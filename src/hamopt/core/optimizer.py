@@ -367,7 +367,8 @@ class ChainedOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         # torch.optim.Optimizer pickles only defaults, state and param_groups; the chain is
         # part of what this optimizer is (copy.deepcopy and pickle need it).
-        return {**super().__getstate__(), "transform": self.transform}
+        extra = {k: self.__dict__[k] for k in ("transform", "cpu_chunk_numel") if k in self.__dict__}
+        return {**super().__getstate__(), **extra}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
