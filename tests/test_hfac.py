@@ -623,6 +623,15 @@ def test_phi_psi_reshapers_match_reference(reshapers: tuple[str, str], foreach: 
         np.testing.assert_allclose(o, expected, rtol=RTOL, atol=ATOL, err_msg=f"param {i}")
 
 
+def _check_batch_case(case: Any) -> None:
+    name, kw, ref = case
+    xs, grads = _batch_data(16)
+    out = _run_skips(lambda ps: hamopt.get(name).factory(ps, **kw), xs, grads)
+    for i, (o, x, g) in enumerate(zip(out, xs, grads)):
+        if x.size:
+            np.testing.assert_allclose(o, ref(x, _live(i, g)), rtol=RTOL, atol=ATOL, err_msg=f"param {i}")
+
+
 @pytest.mark.parametrize("case", _BATCH_CASES[:4], ids=lambda c: f"{c[0]}-{sorted(c[1].items())}")
 def test_accelerator_reduction_branch_matches_reference(case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # On CUDA the row and column sums are plain sums (exact under TF32), on the CPU products
@@ -630,12 +639,7 @@ def test_accelerator_reduction_branch_matches_reference(case: Any, monkeypatch: 
     from hamopt.transforms import factored
 
     monkeypatch.setattr(factored, "_reduce_by_matmul", lambda x: False)
-    name, kw, ref = case
-    xs, grads = _batch_data(16)
-    out = _run_skips(lambda ps: hamopt.get(name).factory(ps, **kw), xs, grads)
-    for i, (o, x, g) in enumerate(zip(out, xs, grads)):
-        if x.size:
-            np.testing.assert_allclose(o, ref(x, _live(i, g)), rtol=RTOL, atol=ATOL, err_msg=f"param {i}")
+    _check_batch_case(case)
 
 
 @pytest.mark.parametrize("stack", [True, False], ids=["stacked", "single"])
@@ -649,12 +653,7 @@ def test_cpu_row_blocks_match_reference(case: Any, stack: bool, monkeypatch: pyt
     if not stack:
         monkeypatch.setattr(factored, "CPU_STACK_MAX_NUMEL", 0)
     assert factored._row_blocks(torch.zeros(4, 7)) is not None
-    name, kw, ref = case
-    xs, grads = _batch_data(16)
-    out = _run_skips(lambda ps: hamopt.get(name).factory(ps, **kw), xs, grads)
-    for i, (o, x, g) in enumerate(zip(out, xs, grads)):
-        if x.size:
-            np.testing.assert_allclose(o, ref(x, _live(i, g)), rtol=RTOL, atol=ATOL, err_msg=f"param {i}")
+    _check_batch_case(case)
 
 
 def test_cpu_default_does_not_stack(monkeypatch: pytest.MonkeyPatch) -> None:
