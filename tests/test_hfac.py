@@ -600,11 +600,16 @@ def test_scale_by_clipped_factored_rms_equals_the_composed_transforms(foreach: b
         np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["whole", "row-blocks"])
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("reshapers", [("identity", "tanh"), ("tanh", "sign"), ("identity", "identity")])
-def test_phi_psi_reshapers_match_reference(reshapers: tuple[str, str], foreach: bool) -> None:
+def test_phi_psi_reshapers_match_reference(reshapers: tuple[str, str], foreach: bool, blocks: bool,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from hamopt.core.optimizer import ChainedOptimizer
-    from hamopt.transforms import factored_momentum, scale_by_factored_phi_psi, scale_by_learning_rate
+    from hamopt.transforms import factored, factored_momentum, scale_by_factored_phi_psi, scale_by_learning_rate
+
+    if blocks:
+        monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 8)
 
     ours = {"identity": "identity", "sign": "sign", "tanh": torch.tanh}
     theirs = {"identity": lambda z: z, "sign": np.sign, "tanh": np.tanh}

@@ -678,6 +678,17 @@ class ScaleByFactoredPhiPsi(Transform):
         tmp: Tensor | None = None
         for js, a, b in sorted(groups, key=lambda t: -_stacked_grads(ctx, t[0]).numel()):
             g = _stacked_grads(ctx, js)
+            blocks = _row_blocks(g)
+            if blocks is not None:  # CPU, large matrix: both arguments of a block of rows in cache
+                x = torch.empty_like(g, memory_format=torch.contiguous_format)
+                for sl in blocks:
+                    gb = g[:, sl]
+                    yb = _apply(self.psi, [gb + b.unsqueeze(1)], f)[0]
+                    xb = _apply(self.phi, [gb + a[:, sl].unsqueeze(2)], f)[0]
+                    torch.add(xb, yb, out=x[:, sl])
+                for i, v in _unstacked(x, js, ctx.grads):
+                    out[i] = v
+                continue
             if tmp is None:
                 tmp = torch.empty(g.numel(), dtype=g.dtype, device=g.device)
             y = _apply(self.psi, [torch.add(g, b.unsqueeze(1), out=tmp[:g.numel()].view(g.shape))], f)[0]
