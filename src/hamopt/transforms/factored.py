@@ -109,17 +109,6 @@ def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> 
     if square and not _reduce_by_matmul(x):
         return (torch.linalg.vector_norm(x, dim=-1).square_(),
                 torch.linalg.vector_norm(x, dim=-2).square_())
-    blocks = _row_blocks(x)
-    if blocks is not None:  # one read of X from memory; squares and sums in cache
-        rows = x.new_empty(x.shape[:-1])
-        cols = x.new_zeros(x.shape[:-2] + x.shape[-1:])
-        for sl in blocks:
-            xb = x[..., sl, :]
-            if square:
-                xb = xb * xb
-            rows[..., sl] = xb.sum(dim=-1)
-            cols.add_(torch.matmul(xb.new_ones(xb.shape[-2]), xb))
-        return rows, cols
     if square:
         x = torch.mul(x, x, out=out) if out is not None else x * x
     rows = x.sum(dim=-1)
@@ -132,14 +121,15 @@ def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> 
 
 def holds_squares(x: Tensor) -> bool:
     """Whether ``row_col_sums(x, square=True, out=buf)`` leaves ``X^2`` in ``buf``."""
-    return _reduce_by_matmul(x) and _row_blocks(x) is None
+    return _reduce_by_matmul(x)
 
 
-#: On the CPU, matrices with more entries than this are reduced (and H-Fac's update written)
-#: in blocks of rows of about this many entries: each block is read from memory once and its
-#: squares and sums stay in cache, where whole-matrix passes would stream an embedding-sized
-#: matrix through memory once per operation. Sums then add up block by block (the same
-#: numbers up to rounding).
+#: On the CPU, :func:`scale_by_factored_phi_psi` works on matrices with more entries than
+#: this in blocks of rows of about this many entries: both arguments of a block and their
+#: images stay in cache and the result is written once, where whole-matrix passes would
+#: stream an embedding-sized matrix and two temporaries through memory once per operation.
+#: (The second-moment transforms gain nothing measurable from blocks: their cost there is
+#: the fresh update buffer, which they need either way.)
 CPU_BLOCK_NUMEL = 1 << 18
 
 
@@ -170,14 +160,6 @@ def scaled_row_sums_of_squares(x: Tensor, w: Tensor, squares: Tensor | None = No
     """
     if squares is not None:
         return torch.matmul(squares, (w * w).unsqueeze(-1)).squeeze(-1)
-    blocks = _row_blocks(x)
-    if blocks is not None:  # the squares of one block of rows at a time, in cache
-        w2 = (w * w).unsqueeze(-1)
-        res = x.new_empty(x.shape[:-1])
-        for sl in blocks:
-            xb = x[..., sl, :]
-            res[..., sl] = torch.matmul(xb * xb, w2).squeeze(-1)
-        return res
     y = torch.mul(x, w.unsqueeze(-2), out=out) if out is not None else x * w.unsqueeze(-2)
     return row_sums_of_squares(y)
 
@@ -827,11 +809,8 @@ class ScaleByHFac(ScaleByFactoredRms):
                 sq = scaled_row_sums_of_squares(g, d, o if holds_squares(o) else None, out=o).mul_(c2)
                 nrm = vector_sums(sq).sqrt_()
                 d.div_(nrm.mul_(1.0 / (math.sqrt(max(m * n, 1)) * thr)).clamp_min_(1.0))
-            al, dd, cc, be = alpha.unsqueeze(2), d.unsqueeze(1), c.unsqueeze(2), beta.unsqueeze(1)
-            for sl in _row_blocks(g) or [slice(None)]:  # both passes on a block while it is in cache
-                ob = o[:, sl]
-                torch.addcmul(al[:, sl], g[:, sl], dd, out=ob)
-                torch.addcmul(be, ob, cc[:, sl], out=ob)
+            torch.addcmul(alpha.unsqueeze(2), g, d.unsqueeze(1), out=o)
+            torch.addcmul(beta.unsqueeze(1), o, c.unsqueeze(2), out=o)
             _publish(ctx, js, o, updates, out)
         if full:
             v = [ctx.states[i]["v_full"] for i in full]
