@@ -21,7 +21,8 @@ run "$py" -m pytest -q -p no:xdist tests/test_cuda.py 2>&1 | tee "$out/test_cuda
 fast="lion grams cadamw ams clion hfac adafactor_m signfsgd lionfactor adamw_variant adafactor"
 run "$py" -m hamopt speed --model llama60m --device cuda --steps 10 --repeat 3 --optimizers $fast \
     | tee "$out/speed.txt"
-run "$py" -m hamopt speed --model llama60m --device cuda --steps 5 --repeat 2 --no-peers \
+# with the peers: issue 5 compares AdaDiag with pytorch_optimizer's SOAP in the same run
+run "$py" -m hamopt speed --model llama60m --device cuda --steps 5 --repeat 2 \
     --optimizers adadiag adadiag++ adafacdiag adafacdiag++ | tee "$out/speed_svd.txt"
 run "$py" -m hamopt speed --model llama60m --device cuda --steps 5 --repeat 2 --no-peers \
     --matmul-precision high --optimizers adadiag adadiag++ adafacdiag | tee "$out/speed_svd_tf32.txt"
