@@ -10,6 +10,8 @@ step time and its ratio to AdamW (foreach)::
 
 Names are hamopt registry names; ``adamw`` (foreach) and ``fused`` are torch's AdamW;
 ``peer:<module>.<Class>`` is one of ``hamopt.bench.speed.PEERS`` (their own defaults).
+``<name>@<N>`` runs a hamopt optimizer with ``cpu_chunk_numel = N`` (``lion@0``: whole-bucket
+steps, for an A/B of the CPU pieces in the same rounds).
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def main() -> None:
                 raise SystemExit(f"unknown or missing peer {n!r}; known: {', '.join(p.label for p in PEERS)}")
             opts[n] = peer.factory()(ps)
         else:
-            opts[n] = hamopt.create(n, ps, lr=1e-6)
+            name, _, chunk = n.partition("@")
+            opts[n] = hamopt.create(name, ps, lr=1e-6)
+            if chunk:
+                opts[n].cpu_chunk_numel = int(chunk)
     times: dict[str, list[float]] = {n: [] for n in names}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for r in range(args.rounds + 1):
