@@ -342,3 +342,58 @@ def test_cpu_chunk_setting_survives_deepcopy() -> None:
     opt.cpu_chunk_numel = 7
     assert copy.deepcopy(opt).cpu_chunk_numel == 7
     assert copy.deepcopy(hamopt.Lion([torch.nn.Parameter(torch.zeros(3))])).cpu_chunk_numel == 1 << 18
+
+
+def test_take_reuses_a_buffer_given_back_within_the_step_only() -> None:
+    from hamopt.core.transform import StepContext
+
+    pool: dict = {}
+    a = StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True, spares=pool)
+    x = a.take(torch.zeros(4, 6))
+    assert x.shape == (4, 6) and x.is_contiguous()
+    a.give_back()
+    b = StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True, spares=pool)
+    y = b.take(torch.zeros(2, 12))  # same size: the same memory, in the new shape
+    assert y.shape == (2, 12) and y.data_ptr() == x.data_ptr()
+    z = b.take(torch.zeros(2, 12))  # the pool is empty again: a new buffer
+    assert z.data_ptr() != y.data_ptr()
+    assert b.take(torch.zeros(24, dtype=torch.float64)).dtype == torch.float64  # keyed by dtype too
+    alone = StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True)
+    alone.take(torch.zeros(3))
+    alone.give_back()  # no pool (whole-bucket step, GPU): take is empty_like and nothing is kept
+    assert alone.spares is None
+
+
+@pytest.mark.parametrize("name", ["hfac", "adafactor_m", "signfsgd", "lionfactor"])
+def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Four same-shape matrices, one per piece: every piece after the first reuses the update
+    # buffer the previous piece gave back. Results must equal the whole-bucket step exactly.
+    from hamopt.core.transform import StepContext
+    from hamopt.transforms import factored
+
+    monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 1000)  # the sign reshapers' row blocks too
+    reused = []
+    take = StepContext.take
+
+    def counting_take(self, like):  # type: ignore[no-untyped-def]
+        pool = None if self.spares is None else self.spares.get((like.numel(), like.dtype, like.device))
+        reused.append(bool(pool))
+        return take(self, like)
+
+    monkeypatch.setattr(StepContext, "take", counting_take)
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(64, 80, generator=g)) for _ in range(4)]
+    ps2 = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt, opt2 = hamopt.create(name, ps, lr=1e-2), hamopt.create(name, ps2, lr=1e-2)
+    opt.cpu_chunk_numel = 0
+    opt2.cpu_chunk_numel = 4096
+    for step in range(8):
+        gen = torch.Generator().manual_seed(step)
+        for p, p2 in zip(ps, ps2):
+            p.grad = torch.randn(p.shape, generator=gen)
+            p2.grad = p.grad.clone()
+        opt.step()
+        opt2.step()
+    for p, p2 in zip(ps, ps2):
+        assert torch.equal(p, p2)
+    assert sum(reused) == 8 * 3  # per step: the first piece allocates, the next three reuse

@@ -212,8 +212,10 @@ class ChainedOptimizer(torch.optim.Optimizer):
             self._apply(StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps,
                                     foreach=foreach, leaves=params), body, decay, lr_last)
         else:
+            spares: dict[Any, list[Tensor]] = {}  # buffers reused by later pieces of this step
             for chunk in pieces:
-                self._apply_piece(group, chunk, cparams, cgrads, states, steps, params, foreach, body, decay, lr_last)
+                self._apply_piece(group, chunk, cparams, cgrads, states, steps, params, foreach, body, decay,
+                                  lr_last, spares)
         if cast:
             for p, cp in zip(params, cparams):
                 p.copy_(cp)
@@ -280,7 +282,8 @@ class ChainedOptimizer(torch.optim.Optimizer):
 
     def _apply_piece(self, group: dict[str, Any], chunk: list[tuple[int, int, int]], cparams: list[Tensor],
                      cgrads: list[Tensor], states: list[dict[str, Any]], steps: list[Any], leaves: list[Tensor],
-                     foreach: bool, body: Transform, decay: bool, lr_last: bool) -> None:
+                     foreach: bool, body: Transform, decay: bool, lr_last: bool,
+                     spares: dict[Any, list[Tensor]]) -> None:
         ps, gs, ss, ts, ls = [], [], [], [], []
         sliced: list[_SliceState] = []
         for i, lo, hi in chunk:
@@ -296,8 +299,10 @@ class ChainedOptimizer(torch.optim.Optimizer):
                 sliced.append(st)
             ts.append(steps[i])
             ls.append(leaves[i])
-        self._apply(StepContext(group=group, params=ps, grads=gs, states=ss, steps=ts, foreach=foreach,
-                                leaves=None if sliced else ls), body, decay, lr_last)
+        ctx = StepContext(group=group, params=ps, grads=gs, states=ss, steps=ts, foreach=foreach,
+                          leaves=None if sliced else ls, spares=spares)
+        self._apply(ctx, body, decay, lr_last)
+        ctx.give_back()
         for st in sliced:
             st.write_back()
 

@@ -89,6 +89,9 @@ class StepContext:
     _owned: list[Tensor] | None = field(default=None, repr=False)
     # Per-step scratch shared by the transforms of one chain (e.g. a rotation basis).
     scratch: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Buffers handed back by earlier pieces of this step (CPU pieces only; see :meth:`take`).
+    spares: dict[Any, list[Tensor]] | None = field(default=None, repr=False)
+    _taken: list[Tensor] = field(default_factory=list, repr=False)
 
     def state(self, key: str) -> list[Any]:
         """``[state[key] for each parameter]``."""
@@ -98,6 +101,33 @@ class StepContext:
         """Mark ``updates`` as tensors the chain owns (may be modified in place later)."""
         self._owned = updates
         return updates
+
+    def take(self, like: Tensor) -> Tensor:
+        """An uninitialized contiguous tensor with ``like``'s shape, dtype and device.
+
+        When the optimizer runs a CPU step in pieces, a buffer taken here goes back to a
+        pool once its piece has been applied, and a later piece of the same step asking for
+        the same size gets it again: a fresh embedding-sized tensor costs its page faults on
+        every allocation on a CPU, a reused one does not. The pool lives for one step only
+        (no memory is kept between steps). So: never keep a taken tensor (or a view of it)
+        beyond this step's piece, e.g. in the state. Otherwise this is ``torch.empty_like``.
+        """
+        pool = None if self.spares is None else self.spares.get((like.numel(), like.dtype, like.device))
+        if pool:
+            buf = pool.pop().view(like.shape)
+        else:
+            buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+        if self.spares is not None:
+            self._taken.append(buf)
+        return buf
+
+    def give_back(self) -> None:
+        """Return this piece's taken buffers to the step's pool (the optimizer calls it once
+        the piece's update has been applied)."""
+        if self.spares is not None:
+            for buf in self._taken:
+                self.spares.setdefault((buf.numel(), buf.dtype, buf.device), []).append(buf)
+        self._taken = []
 
     def writable(self, updates: list[Tensor]) -> list[Tensor]:
         """``updates`` if the chain owns them, else fresh copies that it owns."""

@@ -366,7 +366,7 @@ class ScaleByFactoredRms(Transform):
         for js in batches:
             g = _stacked_grads(ctx, js)  # k x m x n (a view when k = 1)
             m, n = g.shape[1], g.shape[2]
-            o = torch.empty_like(g, memory_format=torch.contiguous_format)  # (G^2 on CPU,) the update
+            o = ctx.take(g)  # (G^2 on CPU,) the update; reused by a later CPU piece
             rows, cols = row_col_sums(g, square=True, out=o)
             outs.append(o)
             for i, rk, ck in zip(js, rows.unbind(0), cols.unbind(0)):
@@ -662,7 +662,7 @@ class ScaleByFactoredPhiPsi(Transform):
             g = _stacked_grads(ctx, js)
             blocks = _row_blocks(g)
             if blocks is not None:  # CPU, large matrix: both arguments of a block of rows in cache
-                x = torch.empty_like(g, memory_format=torch.contiguous_format)
+                x = ctx.take(g)
                 for sl in blocks:
                     gb = g[:, sl]
                     yb = _apply(self.psi, [gb + b.unsqueeze(1)], f)[0]
