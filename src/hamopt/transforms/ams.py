@@ -263,7 +263,10 @@ class ScaleByAms(Transform):
                     u.abs_().mul_(g.sign())
             return out
         # x = -1[u*s < 0] as clamp_max(sign(u*s), 0): one temporary, two in-place passes.
-        x = list(torch._foreach_mul(out, s)) if f else [u * g for u, g in zip(out, s)]
+        if ctx.spares is not None:  # CPU pieces: a buffer a later piece reuses
+            x = [torch.mul(u, g, out=ctx.take(u)) for u, g in zip(out, s)]
+        else:
+            x = list(torch._foreach_mul(out, s)) if f else [u * g for u, g in zip(out, s)]
         ops.sign_(x, f)
         if f:
             torch._foreach_clamp_max_(x, 0.0)

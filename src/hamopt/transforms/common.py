@@ -91,11 +91,15 @@ class ScaleByAdam(Transform):
             v = vmax
         bc1 = bias_correction(b1, ctx.steps)
         sbc2 = [math.sqrt(b) if not isinstance(b, Tensor) else b.sqrt() for b in bias_correction(b2, ctx.steps)]
-        denom = ops.sqrt(v, f)
+        pooled = ctx.spares is not None  # CPU pieces: one reusable buffer for denominator and ratio
+        denom = [torch.sqrt(x, out=ctx.take(x)) for x in v] if pooled else ops.sqrt(v, f)
         # One Python scalar when every parameter has the same step count (the usual case):
         # a single-scalar kernel instead of a scalar-list one.
         ops.add_(denom, ops.uniform([eps * s for s in sbc2]), f)
-        out = list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
+        if pooled:
+            out = [torch.div(a, d, out=d) for a, d in zip(m, denom)]
+        else:
+            out = list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
         return ctx.fresh(self._scale(ctx, out, ops.uniform([s / b for s, b in zip(sbc2, bc1)])))
 
     def _scale(self, ctx: StepContext, out: list[Tensor], k: Any) -> list[Tensor]:
