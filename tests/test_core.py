@@ -300,6 +300,16 @@ def test_cpu_pieces_follow_the_granularity(splits: str) -> None:
     assert rec.seen == [[(300, 70), (70,), (50, 40), ()]]
 
 
+def _step_both(step: int, ps: list, ps2: list, opt: torch.optim.Optimizer, opt2: torch.optim.Optimizer) -> None:
+    """The same random gradients for two copies of the parameters, then a step of each optimizer."""
+    g = torch.Generator().manual_seed(step)
+    for p, p2 in zip(ps, ps2):
+        p.grad = torch.randn(p.shape, generator=g)
+        p2.grad = p.grad.clone()
+    opt.step()
+    opt2.step()
+
+
 @pytest.mark.parametrize("name, kw", [
     ("lion", dict(weight_decay=0.1)),
     ("grams", dict(weight_decay=0.1)),
@@ -321,12 +331,7 @@ def test_cpu_pieces_equal_whole_bucket_steps(name: str, kw: dict) -> None:
         elif step == 0 and name == "ams":
             for o in (opt, opt2):
                 o.param_groups[0]["betas"] = (0.9, 0.999, 0.0)
-        g = torch.Generator().manual_seed(step)
-        for p, p2 in zip(ps, ps2):
-            p.grad = torch.randn(p.shape, generator=g)
-            p2.grad = p.grad.clone()
-        opt.step()
-        opt2.step()
+        _step_both(step, ps, ps2, opt, opt2)
     for p, p2 in zip(ps, ps2):
         assert torch.equal(p, p2)
         assert opt.state[p].keys() == opt2.state[p2].keys()
@@ -390,12 +395,7 @@ def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
     opt.cpu_chunk_numel = 0
     opt2.cpu_chunk_numel = 4096
     for step in range(8):
-        gen = torch.Generator().manual_seed(step)
-        for p, p2 in zip(ps, ps2):
-            p.grad = torch.randn(p.shape, generator=gen)
-            p2.grad = p.grad.clone()
-        opt.step()
-        opt2.step()
+        _step_both(step, ps, ps2, opt, opt2)
     for p, p2 in zip(ps, ps2):
         assert torch.equal(p, p2)
     # per step: the first piece allocates its buffers, the next three reuse them
