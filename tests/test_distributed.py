@@ -7,8 +7,7 @@ sharded (DTensor) statistics is not covered here yet.
 
 from __future__ import annotations
 
-import os
-import socket
+import datetime
 import sys
 
 import pytest
@@ -49,10 +48,13 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
         opt.step()
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # A file rendezvous, not a TCP port picked in advance: a port freed by _free_port() could
+    # be taken by another process before rank 0 binds it, leaving rank 1 waiting for good
+    # (seen once under pytest-xdist). The timeout turns any failed rendezvous into an error.
+    dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         x, y = _batch()
         shard = slice(rank * 8, (rank + 1) * 8)
@@ -66,15 +68,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_equals_single_process_full_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = str(tmp_path / "ddp")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(out,), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
     x, y = _batch()
     for name in NAMES:
