@@ -481,7 +481,9 @@ def test_batched_and_single_paths_match_reference(case: Any, foreach: bool, stac
         np.testing.assert_allclose(o, expected, rtol=RTOL, atol=ATOL, err_msg=f"param {i} {_BATCH_SHAPES[i]}")
 
 
-def _composed_hfac(params: Any, foreach: bool, momentum_first: bool = False, **kw: Any) -> Any:
+def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = False, **kw: Any) -> Any:
+    """H-Fac as ``factored_momentum`` + the fused ``scale_by_hfac``, or + the three composed
+    transforms it stands for (same state keys, so checkpoints move between the two)."""
     from hamopt.core.optimizer import ChainedOptimizer
     from hamopt.transforms import (
         add_decayed_weights,
@@ -490,23 +492,6 @@ def _composed_hfac(params: Any, foreach: bool, momentum_first: bool = False, **k
         factored_momentum,
         scale_by_ema,
         scale_by_factored_rms,
-        scale_by_learning_rate,
-    )
-
-    d = dict(lr=0.02, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.1, clip_threshold=0.2, corrected=True)
-    d.update(kw)
-    head = [scale_by_ema(key="m", corrected=True)] if momentum_first else []
-    return ChainedOptimizer(params, d, [*head, factored_momentum(), scale_by_factored_rms(), clip_by_rms(),
-                                        add_normalized_factored_momentum(0.5), add_decayed_weights(),
-                                        scale_by_learning_rate()], foreach=foreach)
-
-
-def _fused_hfac(params: Any, foreach: bool, momentum_first: bool = False, **kw: Any) -> Any:
-    from hamopt.core.optimizer import ChainedOptimizer
-    from hamopt.transforms import (
-        add_decayed_weights,
-        factored_momentum,
-        scale_by_ema,
         scale_by_hfac,
         scale_by_learning_rate,
     )
@@ -514,7 +499,9 @@ def _fused_hfac(params: Any, foreach: bool, momentum_first: bool = False, **kw: 
     d = dict(lr=0.02, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.1, clip_threshold=0.2, corrected=True)
     d.update(kw)
     head = [scale_by_ema(key="m", corrected=True)] if momentum_first else []
-    return ChainedOptimizer(params, d, [*head, factored_momentum(), scale_by_hfac(0.5), add_decayed_weights(),
+    middle = ([scale_by_hfac(0.5)] if fused
+              else [scale_by_factored_rms(), clip_by_rms(), add_normalized_factored_momentum(0.5)])
+    return ChainedOptimizer(params, d, [*head, factored_momentum(), *middle, add_decayed_weights(),
                                         scale_by_learning_rate()], foreach=foreach)
 
 
@@ -525,8 +512,8 @@ def test_scale_by_hfac_equals_the_composed_transforms(foreach: bool, clip: float
                                                       momentum_first: bool) -> None:
     # momentum_first: the updates reaching scale_by_hfac are not the gradients (composed fallback)
     xs, grads = _batch_data(12)
-    a = _run_skips(lambda ps: _fused_hfac(ps, foreach, momentum_first, clip_threshold=clip), xs, grads)
-    b = _run_skips(lambda ps: _composed_hfac(ps, foreach, momentum_first, clip_threshold=clip), xs, grads)
+    a = _run_skips(lambda ps: _hfac_chain(ps, foreach, True, momentum_first, clip_threshold=clip), xs, grads)
+    b = _run_skips(lambda ps: _hfac_chain(ps, foreach, False, momentum_first, clip_threshold=clip), xs, grads)
     for i, (u, v, x) in enumerate(zip(a, b, xs)):
         if x.size:
             assert not np.allclose(u, x)
@@ -537,13 +524,13 @@ def test_scale_by_hfac_state_loads_into_the_composed_chain() -> None:
     # same state keys: a checkpoint of HFac resumes in the composed chain and vice versa
     xs, grads = _batch_data(13)
     ps = [torch.nn.Parameter(torch.tensor(x, dtype=torch.float64)) for x in xs]
-    fused = _fused_hfac(ps, True)
+    fused = _hfac_chain(ps, True, fused=True)
     for k in range(5):
         for p, gs in zip(ps, grads):
             p.grad = torch.tensor(gs[k], dtype=torch.float64)
         fused.step()
     qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    composed = _composed_hfac(qs, True)
+    composed = _hfac_chain(qs, True, fused=False)
     composed.load_state_dict(copy.deepcopy(fused.state_dict()))  # not shared tensors
     for k in range(5, 10):
         for p, q, gs in zip(ps, qs, grads):
