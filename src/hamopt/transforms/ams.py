@@ -288,7 +288,18 @@ class ScaleByAms(Transform):
         return f"scale_by_ams(misaligned_scale={self.fixed_scale}, sign_decay_index={self.index})"
 
 
-class AddDecayedWeightsAfterStep(Transform):
+class _AmsWeightDecay(Transform):
+    """What AMS's two weight-decay placements share: they read ``lr`` and ``weight_decay``
+    and work element by element (the per-tensor mask factor comes from the same piece)."""
+
+    hyperparams = ("lr", "weight_decay")
+    splits = ELEMENT
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        V.check_weight_decay(group["weight_decay"])
+
+
+class AddDecayedWeightsAfterStep(_AmsWeightDecay):
     """AMS's weight decay (Algorithm 1, line 16): decay the *stepped* weights with ``lr^``.
 
     Put it after :func:`hamopt.transforms.scale_by_learning_rate`. With ``delta = -lr^ u^``
@@ -298,12 +309,6 @@ class AddDecayedWeightsAfterStep(Transform):
     Differs from :class:`hamopt.transforms.AddDecayedWeights` (``lr wd w`` on the weights
     before the step) by ``lr^2 wd u^``.
     """
-
-    hyperparams = ("lr", "weight_decay")
-    splits = ELEMENT  # the per-tensor factor comes from the same piece's mask
-
-    def validate(self, group: Mapping[str, Any]) -> None:
-        V.check_weight_decay(group["weight_decay"])
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         wd = ctx.group["weight_decay"]
@@ -332,7 +337,7 @@ class AddDecayedWeightsAfterStep(Transform):
         return "add_decayed_weights_after_step()"
 
 
-class AmsDecayBeforeLr(Transform):
+class AmsDecayBeforeLr(_AmsWeightDecay):
     """AMS's weight decay (Algorithm 1, line 16) placed *before* ``scale_by_learning_rate``.
 
     The same step as ``scale_by_learning_rate(), add_decayed_weights_after_step()``, written
@@ -347,12 +352,6 @@ class AmsDecayBeforeLr(Transform):
     Algorithm 1. Without weight decay it only applies a deferred factor. Reads ``lr``,
     ``weight_decay`` and ``ctx.scratch["lr_scale"]`` / ``["ams_pending"]``.
     """
-
-    hyperparams = ("lr", "weight_decay")
-    splits = ELEMENT  # the per-tensor factor comes from the same piece's mask
-
-    def validate(self, group: Mapping[str, Any]) -> None:
-        V.check_weight_decay(group["weight_decay"])
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         wd = ctx.group["weight_decay"]
