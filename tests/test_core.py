@@ -375,7 +375,7 @@ def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Four same-shape matrices, one per piece: every piece after the first reuses the update
     # buffer the previous piece gave back. Results must equal the whole-bucket step exactly.
-    from hamopt.core.transform import StepContext
+    from hamopt.core.transform import StepContext, _pool_key
     from hamopt.transforms import factored
 
     monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 1000)  # the sign reshapers' row blocks too
@@ -383,7 +383,7 @@ def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
     take = StepContext.take
 
     def counting_take(self, like):  # type: ignore[no-untyped-def]
-        pool = None if self.spares is None else self.spares.get((like.numel(), like.dtype, like.device))
+        pool = None if self.spares is None else self.spares.get(_pool_key(like))
         reused.append(bool(pool))
         return take(self, like)
 

@@ -60,6 +60,11 @@ def coarsest(*granularities: str) -> str:
     return max(granularities, key=_ORDER.__getitem__, default=ELEMENT)
 
 
+def _pool_key(t: Tensor) -> tuple[int, torch.dtype, torch.device]:
+    """A buffer of the step pool fits any request of the same size, dtype and device."""
+    return t.numel(), t.dtype, t.device
+
+
 @dataclass
 class StepContext:
     """What a transform sees during one step, for one bucket of same-device, same-dtype params.
@@ -112,7 +117,7 @@ class StepContext:
         (no memory is kept between steps). So: never keep a taken tensor (or a view of it)
         beyond this step's piece, e.g. in the state. Otherwise this is ``torch.empty_like``.
         """
-        pool = None if self.spares is None else self.spares.get((like.numel(), like.dtype, like.device))
+        pool = None if self.spares is None else self.spares.get(_pool_key(like))
         if pool:
             buf = pool.pop().view(like.shape)
         else:
@@ -126,7 +131,7 @@ class StepContext:
         the piece's update has been applied)."""
         if self.spares is not None:
             for buf in self._taken:
-                self.spares.setdefault((buf.numel(), buf.dtype, buf.device), []).append(buf)
+                self.spares.setdefault(_pool_key(buf), []).append(buf)
         self._taken = []
 
     def writable(self, updates: list[Tensor]) -> list[Tensor]:

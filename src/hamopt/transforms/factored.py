@@ -668,18 +668,16 @@ class ScaleByFactoredPhiPsi(Transform):
                     yb = _apply(self.psi, [gb + b.unsqueeze(1)], f)[0]
                     xb = _apply(self.phi, [gb + a[:, sl].unsqueeze(2)], f)[0]
                     torch.add(xb, yb, out=x[:, sl])
-                for i, v in _unstacked(x, js, ctx.grads):
-                    out[i] = v
-                continue
-            if tmp is None:
-                tmp = torch.empty(g.numel(), dtype=g.dtype, device=g.device)
-            y = _apply(self.psi, [torch.add(g, b.unsqueeze(1), out=tmp[:g.numel()].view(g.shape))], f)[0]
-            if len(js) > 1:  # our copy: phi's argument in place, and no one reads it as G again
-                ctx.scratch.pop(("factored_stack", js), None)
-                x = _apply(self.phi, [g.add_(a.unsqueeze(2))], f)[0]
             else:
-                x = _apply(self.phi, [g + a.unsqueeze(2)], f)[0]
-            x.add_(y)
+                if tmp is None:
+                    tmp = torch.empty(g.numel(), dtype=g.dtype, device=g.device)
+                y = _apply(self.psi, [torch.add(g, b.unsqueeze(1), out=tmp[:g.numel()].view(g.shape))], f)[0]
+                if len(js) > 1:  # our copy: phi's argument in place, and no one reads it as G again
+                    ctx.scratch.pop(("factored_stack", js), None)
+                    x = _apply(self.phi, [g.add_(a.unsqueeze(2))], f)[0]
+                else:
+                    x = _apply(self.phi, [g + a.unsqueeze(2)], f)[0]
+                x.add_(y)
             for i, v in _unstacked(x, js, ctx.grads):
                 out[i] = v
         if fulls:
