@@ -273,7 +273,11 @@ def test_chain_granularity_is_the_coarsest_member() -> None:
     kinds = {n: hamopt.create(n, p).transform.granularity(hamopt.create(n, p).param_groups[0])
              for n in ("lion", "grams", "ams", "adamw_variant", "hfac", "cadamw", "adadiag")}
     assert kinds == dict(lion=ELEMENT, grams=ELEMENT, ams=ELEMENT, adamw_variant=ELEMENT, hfac=TENSOR,
-                         cadamw=TENSOR, adadiag=BUCKET)
+                         cadamw=TENSOR, adadiag=TENSOR)
+    # a rotation needs its whole matrix, and is never finer than what it wraps
+    from hamopt.transforms import scale_by_adam, scale_by_svd_rotation
+    assert scale_by_svd_rotation(scale_by_adam()).granularity(group) == TENSOR
+    assert scale_by_svd_rotation(chain(scale_by_adam(), Transform())).granularity(group) == BUCKET
 
 
 @pytest.mark.parametrize("splits", ["element", "tensor", "bucket"])
@@ -370,11 +374,14 @@ def test_take_reuses_a_buffer_given_back_within_the_step_only() -> None:
 
 
 @pytest.mark.parametrize("name, takes", [("hfac", 1), ("adafactor_m", 1), ("signfsgd", 1), ("lionfactor", 1),
-                                         ("cadamw", 2), ("clion", 1)])
+                                         ("cadamw", 2), ("clion", 1), ("adadiag", 3), ("adafacdiag", 3),
+                                         ("adadiag++@1", 5)])
 def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Four same-shape matrices, one per piece: every piece after the first reuses the update
-    # buffer the previous piece gave back. Results must equal the whole-bucket step exactly.
+    # buffer the previous piece gave back (AdaDiag: its rotated gradient, the inner Adam's
+    # denominator and the rotated-back update). Results must equal the whole-bucket step
+    # exactly (there AdaDiag rotates the four with one batched product per side).
     from hamopt.core.transform import StepContext, _pool_key
     from hamopt.transforms import factored
 
@@ -391,7 +398,9 @@ def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
     g = torch.Generator().manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(64, 80, generator=g)) for _ in range(4)]
     ps2 = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    opt, opt2 = hamopt.create(name, ps, lr=1e-2), hamopt.create(name, ps2, lr=1e-2)
+    name, _, interval = name.partition("@")  # adadiag++@1: an SVD every step, rotated from step 1
+    kw = dict(svd_interval=int(interval)) if interval else {}
+    opt, opt2 = hamopt.create(name, ps, lr=1e-2, **kw), hamopt.create(name, ps2, lr=1e-2, **kw)
     opt.cpu_chunk_numel = 0
     opt2.cpu_chunk_numel = 4096
     for step in range(8):

@@ -151,6 +151,17 @@ class StepContext:
             foreach=self.foreach,
             leaves=None if self.leaves is None else [self.leaves[i] for i in indices],
             scratch=self.scratch,
+            spares=self.spares,
+            _taken=self._taken,
+        )
+
+    def seen_as(self, params: list[Tensor], grads: list[Tensor]) -> StepContext:
+        """The same parameters and states seen through other tensors (e.g. a rotation's
+        rotated gradients and matrix views), sharing the scratch and the step's buffer pool.
+        ``leaves`` are dropped (they no longer match ``params``)."""
+        return StepContext(
+            group=self.group, params=params, grads=grads, states=self.states, steps=self.steps,
+            foreach=self.foreach, scratch=self.scratch, spares=self.spares, _taken=self._taken,
         )
 
 

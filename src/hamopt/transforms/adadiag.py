@@ -58,6 +58,13 @@ Conventions fixed here (the paper leaves them open):
   stacks cost two extra passes over those matrices, which pays for small matrices (launch
   bound) and not for large ones (an embedding), which keep one ``mm`` each. The batched
   and the per-matrix paths compute the same products (equal to rounding).
+* **CPU pieces.** The rotation needs whole matrices and nothing across them, so its
+  granularity is ``TENSOR`` (``BUCKET`` if the inner transform's is): on the CPU the
+  optimizer steps it a matrix (or a group of small tensors) at a time, so a matrix's
+  rotated gradient, moments and update stay in cache, and the rotation's products write
+  into buffers from the step's pool (:meth:`StepContext.take`), reused by the next piece.
+  On LLaMA-60M shapes (2 threads) that took the plain step from 1157 ms to 902 ms in the
+  same rounds; the float32 products themselves take about 700 ms of it.
 
 The basis computation, the basis completion and the two rotations are the only places that
 need the whole matrix (under FSDP they need a gather): :func:`_svd_bases`,
@@ -67,14 +74,14 @@ need the whole matrix (under FSDP they need a gather): :func:`_svd_bases`,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core import validation as V
-from ..core.transform import Chain, StepContext, Transform, as_matrix
+from ..core.transform import TENSOR, Chain, StepContext, Transform, as_matrix, coarsest
 from .common import AddDecayedWeights
 
 __all__ = ["ScaleBySvdRotation", "rotation_mode", "scale_by_svd_rotation"]
@@ -124,24 +131,20 @@ def rotation_mode(shape: Sequence[int], two_sided: bool, max_precond_dim: int) -
 
 
 # ---------------------------------------------------------------------- whole-matrix helpers
-def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
-    """``L^T G R`` (either factor may be absent; ``mm``, or ``bmm`` on stacks). A new tensor."""
+def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None, take: Callable[[Tensor], Tensor]) -> Tensor:
+    """``L^T G R`` (either factor may be absent; ``mm``, or ``bmm`` on stacks), written into
+    buffers from ``take`` (a :meth:`StepContext.take`): a tensor the caller owns."""
     mm = torch.bmm if g.dim() == 3 else torch.mm
     if left is not None:
-        g = mm(left.mT, g)
+        g = mm(left.mT, g, out=take(g))
     if right is not None:
-        g = mm(g, right)
+        g = mm(g, right, out=take(g))
     return g
 
 
-def _rotate_back(u: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
-    """``L U R^T`` (either factor may be absent; ``mm``, or ``bmm`` on stacks). A new tensor."""
-    mm = torch.bmm if u.dim() == 3 else torch.mm
-    if left is not None:
-        u = mm(left, u)
-    if right is not None:
-        u = mm(u, right.mT)
-    return u
+def _rotate_back(u: Tensor, left: Tensor | None, right: Tensor | None, take: Callable[[Tensor], Tensor]) -> Tensor:
+    """``L U R^T`` (either factor may be absent), like :func:`_rotate`."""
+    return _rotate(u, None if left is None else left.mT, None if right is None else right.mT, take)
 
 
 def _canonical_signs(b: Tensor) -> Tensor:
@@ -317,6 +320,10 @@ class ScaleBySvdRotation(Transform):
         else:
             self.inner.init(param, state, group)
 
+    def granularity(self, group: Mapping[str, Any]) -> str:
+        # A rotation needs its whole matrix; matrices are independent of each other.
+        return coarsest(TENSOR, self.inner.granularity(group))
+
     def children(self) -> Sequence[Transform]:
         # A chain's own state_keys repeat its members'; listing the members (not the chain)
         # keeps chain()'s clash check from seeing each key twice.
@@ -356,34 +363,32 @@ class ScaleBySvdRotation(Transform):
             batches.setdefault(key, []).append(i)
 
         states = ctx.states
+        take = ctx.take
         rotated: list[tuple[list[int], Tensor | None, Tensor | None, Tensor | None]] = []
         for idx in batches.values():
             if len(idx) == 1:
                 i = idx[0]
                 left, right = states[i].get(LEFT), states[i].get(RIGHT)
-                rot_u[i] = _rotate(rot_u[i], left, right)
+                rot_u[i] = _rotate(rot_u[i], left, right, take)
                 if not same:
-                    rot_g[i] = _rotate(rot_g[i], left, right)
+                    rot_g[i] = _rotate(rot_g[i], left, right, take)
                 rotated.append((idx, left, right, None))
                 continue
             s0 = states[idx[0]]
             lb = torch.stack([states[i][LEFT] for i in idx]) if LEFT in s0 else None
             rb = torch.stack([states[i][RIGHT] for i in idx]) if RIGHT in s0 else None
-            ru = _rotate(torch.stack([rot_u[i] for i in idx]), lb, rb)
+            ru = _rotate(torch.stack([rot_u[i] for i in idx]), lb, rb, take)
             for i, r in zip(idx, ru.unbind(0)):
                 rot_u[i] = r
             if not same:
-                for i, r in zip(idx, _rotate(torch.stack([rot_g[i] for i in idx]), lb, rb).unbind(0)):
+                for i, r in zip(idx, _rotate(torch.stack([rot_g[i] for i in idx]), lb, rb, take).unbind(0)):
                     rot_g[i] = r
             rotated.append((idx, lb, rb, ru))
         if same:
             rot_g = list(rot_u)
         all_active = sum(len(idx) for idx in batches.values()) == len(updates)
 
-        sub = StepContext(
-            group=group, params=mats, grads=rot_g, states=states, steps=ctx.steps,
-            foreach=foreach, scratch=ctx.scratch,
-        )
+        sub = ctx.seen_as(mats, rot_g)
         if all_active and not same:
             sub.fresh(rot_u)  # every tensor was allocated here and aliases nothing else
         inner_out = self.inner.update(sub, rot_u)
@@ -392,12 +397,12 @@ class ScaleBySvdRotation(Transform):
         out = list(inner_out)
         for idx, lb, rb, ru in rotated:
             if ru is None:
-                out[idx[0]] = _rotate_back(out[idx[0]], lb, rb)
+                out[idx[0]] = _rotate_back(out[idx[0]], lb, rb, take)
                 continue
             # An inner transform that worked in place on the rotated views hands back the
             # batch itself: no second stack.
             u = ru if all(out[i] is rot_u[i] for i in idx) else torch.stack([out[i] for i in idx])
-            for i, d in zip(idx, _rotate_back(u, lb, rb).unbind(0)):
+            for i, d in zip(idx, _rotate_back(u, lb, rb, take).unbind(0)):
                 out[i] = d
         params = ctx.params
         for i, d in enumerate(out):
