@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -409,3 +410,22 @@ def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
         assert torch.equal(p, p2)
     # per step: the first piece allocates its buffers, the next three reuse them
     assert sum(reused) == 8 * 3 * takes
+
+
+@pytest.mark.parametrize("kind", ["number", "tensor", "numbers", "equal numbers", "0-d tensors"])
+def test_ops_mul_is_fresh_and_the_same_on_both_paths(kind: str) -> None:
+    from hamopt.core import ops
+
+    g = torch.Generator().manual_seed(0)
+    for xs in ([torch.randn(5, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)],
+               [torch.randn((), generator=g, dtype=torch.float64) for _ in range(2)]):
+        other: Any = dict(number=1.5, tensor=torch.tensor(0.25, dtype=torch.float64), numbers=[2.0, -3.0],
+                          **{"equal numbers": [0.5, 0.5],
+                             "0-d tensors": [torch.tensor(v, dtype=torch.float64) for v in (2.0, -0.5)]})[kind]
+        expected = [x * (other[i] if isinstance(other, list) else other) for i, x in enumerate(xs)]
+        before = [x.clone() for x in xs]
+        for foreach in (True, False):
+            got = ops.mul(xs, other, foreach)
+            for e, r, x, b in zip(expected, got, xs, before):
+                assert torch.equal(r, e) and r.data_ptr() != x.data_ptr()
+                assert torch.equal(x, b)  # the inputs are untouched

@@ -27,6 +27,7 @@ __all__ = [
     "div_",
     "lerp_",
     "maximum_",
+    "mul",
     "mul_",
     "neg",
     "sign_",
@@ -80,6 +81,22 @@ def mul_(xs: list[Tensor], other: ScalarOrList | Sequence[Tensor], foreach: bool
         for i, x in enumerate(xs):
             x.mul_(_per(other, i))
     return xs
+
+
+def mul(xs: Sequence[Tensor], other: ScalarOrList, foreach: bool) -> list[Tensor]:
+    """Fresh ``x * other``; ``other`` a scalar (a Python number or a 0-d tensor) or a list
+    of them, one per tensor. The multi-tensor kernel takes a scalar, a list of numbers, or a
+    list of tensors shaped like ``xs`` (0-d scales of 0-d tensors); other lists of tensors
+    broadcast one tensor at a time."""
+    xs = list(xs)
+    if isinstance(other, (list, tuple)):
+        other = uniform(list(other))
+    if foreach and xs:
+        if not isinstance(other, list) or not any(isinstance(v, Tensor) for v in other):
+            return list(torch._foreach_mul(xs, other))
+        if all(isinstance(v, Tensor) and v.shape == x.shape for v, x in zip(other, xs)):
+            return list(torch._foreach_mul(xs, other))
+    return [x * _per(other, i) for i, x in enumerate(xs)]
 
 
 def div_(xs: list[Tensor], other: ScalarOrList | Sequence[Tensor], foreach: bool) -> list[Tensor]:

@@ -92,16 +92,6 @@ def _affine(xs: list[Tensor], mul: float, add: Sequence[float], foreach: bool) -
     return [x.mul(mul).add_(c) for x, c in zip(xs, add)]
 
 
-def _scaled(xs: list[Tensor], c: Any, foreach: bool) -> list[Tensor]:
-    """Fresh ``c * x`` for 0-d tensors ``xs`` (``c`` a Python number, a 0-d tensor, or a
-    list of either, one per tensor)."""
-    if foreach:
-        return list(torch._foreach_mul(xs, list(c) if isinstance(c, tuple) else c))
-    if isinstance(c, (list, tuple)):
-        return [x * ci for x, ci in zip(xs, c)]
-    return [x * c for x in xs]
-
-
 def _mask_factors(misaligned: list[Tensor], sizes: Sequence[int], a: float, foreach: bool) -> list[Tensor]:
     """``d / (n + a (d - n))`` per tensor, ``d`` its size and ``n = d - misaligned`` the
     aligned count; 1 where the denominator is 0 (``a = 0`` with nothing aligned, or ``d = 0``).
@@ -327,7 +317,7 @@ class AddDecayedWeightsAfterStep(_AmsWeightDecay):
             ops.mul_(out, 1.0 - c, f)
             ops.addcmul_(out, ctx.params, [c] * len(out), -1.0, f)
             return out
-        cs = _scaled(factors, c, f)  # c k per parameter, 0-d tensors
+        cs = ops.mul(factors, c, f)  # c k per parameter, 0-d tensors
         ops.mul_(out, _affine(cs, -1.0, [1.0] * len(cs), f), f)
         # out += params * (-c k), a 0-d tensor per parameter (broadcast, no temporaries)
         ops.addcmul_(out, ctx.params, cs, -1.0, f)
@@ -383,7 +373,7 @@ class AmsDecayBeforeLr(_AmsWeightDecay):
         scale: list[Tensor] | None = pending
         if not no_decay:
             c = ctx.group["lr"] * wd
-            scale = _affine(_scaled(factors, c, f), -1.0, [1.0] * len(factors), f)  # 1 - c k
+            scale = _affine(ops.mul(factors, c, f), -1.0, [1.0] * len(factors), f)  # 1 - c k
             if pending is not None:
                 ops.mul_(scale, pending, f)
         if scale is None:
@@ -391,10 +381,10 @@ class AmsDecayBeforeLr(_AmsWeightDecay):
                 ops.mul_(out, k0, f)
         else:
             if k0 is not None:
-                scale = _scaled(scale, k0, f) if scale is pending else ops.mul_(scale, k0, f)
+                scale = ops.mul(scale, k0, f) if scale is pending else ops.mul_(scale, k0, f)
             ops.mul_(out, scale, f)
         if not no_decay:
-            ops.addcmul_(out, ctx.params, _scaled(factors, wd, f), 1.0, f)  # + wd k w
+            ops.addcmul_(out, ctx.params, ops.mul(factors, wd, f), 1.0, f)  # + wd k w
         return out
 
     def __repr__(self) -> str:

@@ -272,14 +272,6 @@ def _ema(bufs: list[Tensor], news: Sequence[Tensor], decays: Sequence[Any], fore
     return [torch.lerp(b, x, w.to(b.dtype) if isinstance(w, Tensor) else w) for b, x, w in zip(bufs, news, weights)]
 
 
-def _scaled(xs: list[Tensor], scales: Sequence[Any], foreach: bool) -> list[Tensor]:
-    """Fresh ``s x`` with one scale per tensor."""
-    sc = ops.uniform(list(scales))
-    if foreach and xs and not (isinstance(sc, list) and any(isinstance(v, Tensor) for v in sc)):
-        return list(torch._foreach_mul(xs, sc))
-    return [x * (sc[i] if isinstance(sc, list) else sc) for i, x in enumerate(xs)]
-
-
 def _binary(xs: Sequence[Tensor], ys: Sequence[Tensor], op: str, foreach: bool) -> list[Tensor]:
     """Fresh ``x <op> y`` per pair, with broadcasting (``op`` in add, mul, div)."""
     if not xs:
@@ -557,7 +549,7 @@ class FactoredMomentum(Transform):
             if corrected:
                 terms = _binary(bufs, means, "sub", f)
             elif self.scale_by_beta:
-                return _scaled(bufs, decays, f)
+                return ops.mul(bufs, decays, f)
             else:
                 terms = ops.clone(bufs)
         else:

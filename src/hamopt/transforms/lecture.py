@@ -118,13 +118,6 @@ def _clamp_(xs: list[Tensor], low: float | None, high: float | None, foreach: bo
     return xs
 
 
-def _scaled(xs: Sequence[Tensor], scalar: Any, foreach: bool) -> list[Tensor]:
-    """Fresh ``x * scalar``."""
-    if foreach:
-        return list(torch._foreach_mul(list(xs), scalar))
-    return [x * scalar for x in xs]
-
-
 def _sqrt_scalar(x: Any) -> Any:
     return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
 
@@ -229,9 +222,9 @@ class ScaleByAdaMod(Transform):
         ops.div_(rate, bc2_sqrt, f)
         ops.add_(rate, eps, f)
         _reciprocal_(rate, f)
-        ops.lerp_(s, _scaled(rate, lr, f), 1.0 - b3, f)
+        ops.lerp_(s, ops.mul(rate, lr, f), 1.0 - b3, f)
         if isinstance(lr, Tensor) or lr > 0:
-            _minimum_(rate, _scaled(s, 1.0 / lr, f), f)
+            _minimum_(rate, ops.mul(s, 1.0 / lr, f), f)
         ops.mul_(rate, m, f)
         ops.div_(rate, bc1, f)
         return ctx.fresh(rate)
@@ -597,7 +590,7 @@ class ScaleBySophia(Transform):
         m = ctx.state("exp_avg")
         ops.lerp_(m, updates, 1.0 - b1, f)
         self._refresh(ctx)
-        denom = _scaled(ctx.state("hessian"), ctx.group["gamma"], f)
+        denom = ops.mul(ctx.state("hessian"), ctx.group["gamma"], f)
         _clamp_(denom, ctx.group["eps"], None, f)
         out = ops.clone(m)
         ops.div_(out, denom, f)
