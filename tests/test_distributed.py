@@ -1,8 +1,11 @@
-"""DistributedDataParallel with real torch.distributed (gloo, 2 CPU processes).
+"""DDP and FSDP2 with real torch.distributed (gloo, 2 CPU processes).
 
 Under DDP every rank holds the whole parameter and the averaged gradient, so each optimizer
-must give exactly the single-process result on the full batch (SPEC section 4). FSDP2 with
-sharded (DTensor) statistics is not covered here yet.
+must give exactly the single-process result on the full batch (SPEC section 4). Under FSDP2
+(``fully_shard``) each rank holds a block of rows (a ``DTensor`` shard) of every parameter,
+gradient and state tensor: element-wise optimizers need nothing more, and AdaDiag's SVD bases
+are computed from the whole matrix (gathered) and kept replicated, so the sharded run equals
+the single-process one. The factored optimizers refuse DTensor shards with a clear error.
 """
 
 from __future__ import annotations
@@ -79,3 +82,143 @@ def test_ddp_equals_single_process_full_batch(tmp_path) -> None:  # type: ignore
         for p, a, b in zip(model.parameters(), ranks[0][name], ranks[1][name]):
             assert torch.equal(a, b), f"{name}: ranks disagree"
             torch.testing.assert_close(a, p.detach(), rtol=1e-10, atol=1e-12, msg=f"{name}: DDP != single process")
+
+
+# ---------------------------------------------------------------------------- FSDP2
+try:
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+except ImportError:  # pragma: no cover - torch without FSDP2
+    fully_shard = None  # type: ignore[assignment]
+
+#: Element-wise optimizers, AdaDiag (its SVD bases from the whole matrix, refreshed every 2
+#: steps) and a wrapper that copies tensors (Lookahead), trained under fully_shard.
+FSDP_NAMES = ["adamw_variant", "lion", "grams", "cadamw", "lookahead", "adadiag", "adadiag++"]
+FSDP_KW: dict[str, dict] = {"adadiag": dict(svd_interval=2), "adadiag++": dict(svd_interval=2)}
+#: AdaDiag fed the very same gradients as DTensor shards (no reduction-order rounding).
+FED = {"one_sided": dict(svd_interval=2), "two_sided": dict(svd_interval=2, two_sided=True),
+       "rotate_momentum": dict(svd_interval=3, rotate_momentum=True, weight_decay=0.1),
+       "svd": dict(svd_interval=2, two_sided=True, basis_method="svd")}
+FED_SHAPES = [(7, 5), (4, 9), (5, 2, 3, 3), (3,)]  # tall, wide, a conv kernel; rows split unevenly
+
+
+class _Net(torch.nn.Module):
+    """A conv kernel (5 x 18 as a matrix), a tall, a wide and a small linear layer; odd row
+    counts, so the two ranks hold shards of different sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(2, 5, 3)
+        self.a = torch.nn.Linear(5, 7)
+        self.b = torch.nn.Linear(7, 4)
+        self.h = torch.nn.Linear(4, 3)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.conv(x)).mean((2, 3))
+        return self.h(torch.tanh(self.b(torch.tanh(self.a(y)))))
+
+
+def _images() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(16, 2, 5, 5, generator=g, dtype=torch.float64),
+            torch.randn(16, 3, generator=g, dtype=torch.float64))
+
+
+def _fsdp_kwargs(name: str) -> dict:
+    return {**hamopt.get(name).test_kwargs, **FSDP_KW.get(name, {})}
+
+
+def _train_net(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    for _ in range(STEPS):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def _fed_grads(step: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(s, generator=g, dtype=torch.float64) for s in FED_SHAPES]
+
+
+def _fed_run(kw: dict, mesh=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # type: ignore[no-untyped-def]
+    """AdaDiag on FED_SHAPES for 7 steps; the final parameters and bases, whole."""
+    def put(t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if mesh is None else distribute_tensor(t.clone(), mesh, [Shard(0)])
+
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(put(torch.randn(s, generator=g, dtype=torch.float64))) for s in FED_SHAPES]
+    opt = hamopt.AdaDiag(ps, lr=0.01, **kw)
+    for step in range(7):
+        for p, gr in zip(ps, _fed_grads(step)):
+            p.grad = put(gr)
+        opt.step()
+    whole = [p.detach().full_tensor() if mesh is not None else p.detach() for p in ps]
+    bases = [b.to_local() if mesh is not None else b for p in ps for k, b in sorted(opt.state[p].items())
+             if k.startswith("basis_")]
+    return whole, bases
+
+
+def _fsdp_worker(rank: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (2,))
+        x, y = _images()
+        shard = slice(rank * 8, (rank + 1) * 8)
+        results: dict = {}
+        for name in FSDP_NAMES:
+            net = _Net()
+            for module in (net.conv, net.a, net.b, net.h):
+                fully_shard(module, mesh=mesh)
+            fully_shard(net, mesh=mesh)
+            _train_net(net, hamopt.create(name, net.parameters(), **_fsdp_kwargs(name)), x[shard], y[shard])
+            results[name] = [p.detach().full_tensor() for p in net.parameters()]
+        for key, kw in FED.items():
+            results[f"fed:{key}"] = _fed_run(kw, mesh)
+        for name in ("hfac", "adafacdiag"):
+            net = _Net()
+            fully_shard(net, mesh=mesh)
+            try:
+                net(x[shard]).square().mean().backward()
+                hamopt.create(name, net.parameters()).step()
+                results[f"refused:{name}"] = ""
+            except NotImplementedError as e:
+                results[f"refused:{name}"] = str(e)
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(fully_shard is None, reason="needs torch.distributed.fsdp.fully_shard (FSDP2)")
+def test_fsdp2_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "fsdp")
+    mp.spawn(_fsdp_worker, args=(out,), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    x, y = _images()
+    for name in FSDP_NAMES:
+        net = _Net()
+        _train_net(net, hamopt.create(name, net.parameters(), **_fsdp_kwargs(name)), x, y)
+        for p, a, b in zip(net.parameters(), ranks[0][name], ranks[1][name]):
+            assert torch.equal(a, b), f"{name}: ranks disagree"
+            # The gradients are averaged by a reduce-scatter: the same to rounding, which the
+            # SVD bases of these tiny matrices amplify a little (AdaDiag: ~1e-10).
+            tol = dict(rtol=1e-7, atol=1e-9) if name.startswith("adadiag") else dict(rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(a, p.detach(), **tol, msg=f"{name}: FSDP2 != single process")
+    for key, kw in FED.items():
+        single, single_bases = _fed_run(kw)
+        (w0, b0), (w1, b1) = ranks[0][f"fed:{key}"], ranks[1][f"fed:{key}"]
+        assert len(b0) == len(single_bases) > 0
+        for a, c, s in zip(b0, b1, single_bases):
+            assert torch.equal(a, c), f"{key}: the replicated bases differ between ranks"
+            torch.testing.assert_close(a, s, rtol=1e-12, atol=1e-13)
+        for a, c, s in zip(w0, w1, single):
+            assert torch.equal(a, c)
+            torch.testing.assert_close(a, s, rtol=1e-12, atol=1e-13, msg=f"AdaDiag {key}: sharded != single process")
+    for name in ("hfac", "adafacdiag"):
+        msg = ranks[0][f"refused:{name}"]
+        assert "FSDP2" in msg and "DistributedDataParallel" in msg, f"{name}: {msg!r}"

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import sharding
+
 Scalar = float | int | Tensor
 ScalarOrList = Scalar | Sequence[Scalar]
 
@@ -24,6 +26,7 @@ __all__ = [
     "addcdiv_",
     "addcmul_",
     "clone",
+    "copy_",
     "div_",
     "lerp_",
     "maximum_",
@@ -46,6 +49,17 @@ def _per(x: ScalarOrList, i: int) -> Scalar:
 def clone(xs: Sequence[Tensor]) -> list[Tensor]:
     """Fresh copies (never aliases of the inputs)."""
     return [x.clone(memory_format=torch.preserve_format) for x in xs]
+
+
+def copy_(xs: list[Tensor], ys: Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    """``x <- y``. DTensors (FSDP2 shards) are copied one by one: ``_foreach_copy_`` has no
+    sharding rule."""
+    if foreach and not any(sharding.is_sharded(x) for x in xs):
+        torch._foreach_copy_(xs, list(ys))
+    else:
+        for x, y in zip(xs, ys):
+            x.copy_(y)
+    return xs
 
 
 def zeros_like(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> list[Tensor]:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import ops
+from . import ops, sharding
 
 __all__ = ["BUCKET", "Chain", "ELEMENT", "StepContext", "TENSOR", "Transform", "chain"]
 
@@ -305,4 +305,11 @@ def state_like(param: Tensor, group: Mapping[str, Any], shape: Sequence[int] | N
     """
     if shape is None:
         return torch.zeros_like(param, memory_format=torch.preserve_format)
+    if sharding.is_sharded(param):
+        raise NotImplementedError(
+            f"optimizer state of shape {tuple(shape)} for a parameter of shape {tuple(param.shape)} "
+            "(factored row and column statistics) is not supported on FSDP2 (DTensor) shards yet: "
+            "those statistics need a reduction across ranks. Use DistributedDataParallel with this "
+            "optimizer, or an optimizer with element-wise state (AdamW, Lion, Grams, AdaDiag) under FSDP2"
+        )
     return torch.zeros(tuple(shape), dtype=param.dtype, device=param.device)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core import ops
 from ..core import validation as V
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import Transform, chain
@@ -499,7 +500,7 @@ class Lookahead(torch.optim.Optimizer):
         for ps, ss in buckets.values():
             fast = [p.detach() if p.dtype == s.dtype else p.detach().to(s.dtype) for p, s in zip(ps, ss)]
             torch._foreach_lerp_(ss, fast, self.alpha)
-            torch._foreach_copy_([p.detach() for p in ps], ss)
+            ops.copy_([p.detach() for p in ps], ss, True)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One base-optimizer step; every ``k``-th step also synchronises the slow weights."""

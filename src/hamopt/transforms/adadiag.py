@@ -80,6 +80,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core import sharding
 from ..core import validation as V
 from ..core.transform import TENSOR, Chain, StepContext, Transform, as_matrix, coarsest
 from .common import AddDecayedWeights
@@ -133,7 +134,18 @@ def rotation_mode(shape: Sequence[int], two_sided: bool, max_precond_dim: int) -
 # ---------------------------------------------------------------------- whole-matrix helpers
 def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None, take: Callable[[Tensor], Tensor]) -> Tensor:
     """``L^T G R`` (either factor may be absent; ``mm``, or ``bmm`` on stacks), written into
-    buffers from ``take`` (a :meth:`StepContext.take`): a tensor the caller owns."""
+    buffers from ``take`` (a :meth:`StepContext.take`): a tensor the caller owns.
+
+    A sharded ``G`` (DTensor, with replicated bases) is multiplied by DTensor's own ``mm``,
+    which picks the communication (for row shards: ``G R`` is local, ``L^T G`` a partial
+    product per rank, reduce-scattered), and the result is laid out like ``G``."""
+    if sharding.is_sharded(g):
+        out = g
+        if left is not None:
+            out = torch.mm(left.mT, out)
+        if right is not None:
+            out = torch.mm(out, right)
+        return sharding.like(out, g)
     mm = torch.bmm if g.dim() == 3 else torch.mm
     if left is not None:
         g = mm(left.mT, g, out=take(g))
@@ -312,10 +324,12 @@ class ScaleBySvdRotation(Transform):
         if left or right:
             mat = as_matrix(param)
             m, n = mat.shape
+            # A sharded parameter's bases are whole on every rank (replicated DTensors).
+            device = sharding.local(param).device
             if left:
-                state[LEFT] = torch.eye(m, dtype=param.dtype, device=param.device)
+                state[LEFT] = sharding.replicated(torch.eye(m, dtype=param.dtype, device=device), param)
             if right:
-                state[RIGHT] = torch.eye(n, dtype=param.dtype, device=param.device)
+                state[RIGHT] = sharding.replicated(torch.eye(n, dtype=param.dtype, device=device), param)
             self.inner.init(mat, state, group)
         else:
             self.inner.init(param, state, group)
@@ -356,7 +370,7 @@ class ScaleBySvdRotation(Transform):
                 continue
             if t == first or t % interval == 0:
                 self._refresh(s, u, group)
-            if foreach and u.numel() <= BATCH_MAX_NUMEL:
+            if foreach and u.numel() <= BATCH_MAX_NUMEL and not sharding.is_sharded(u):
                 key: tuple[Any, ...] = (u.shape, left is None, right is None)
             else:
                 key = (i,)
@@ -415,7 +429,13 @@ class ScaleBySvdRotation(Transform):
     # ------------------------------------------------------------------ the refresh
     @torch.compiler.disable
     def _refresh(self, state: MutableMapping[str, Any], g: Tensor, group: Mapping[str, Any]) -> None:
-        """Recompute the bases of one parameter from ``g`` (its matrix view), in place."""
+        """Recompute the bases of one parameter from ``g`` (its matrix view), in place.
+
+        A sharded ``g`` is gathered first; every rank decomposes the whole matrix, all keep
+        the old basis if any rank failed, and the first rank's basis is broadcast, so the
+        replicated bases hold the same bits everywhere."""
+        shard = g
+        g = sharding.full(g)
         old_l, old_r = state.get(LEFT), state.get(RIGHT)
         want_l, want_r = old_l is not None, old_r is not None
         m, n = g.shape
@@ -434,6 +454,8 @@ class ScaleBySvdRotation(Transform):
                     break
                 except RuntimeError as e:  # torch.linalg.LinAlgError is a RuntimeError
                     err = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not sharding.all_agree(bases is not None, shard):
+            bases, err = None, err if bases is None else "it failed on another rank"
         if bases is None:
             if not self._warned:
                 self._warned = True
@@ -444,18 +466,19 @@ class ScaleBySvdRotation(Transform):
                     stacklevel=3,
                 )
             return
-        new_l, new_r = bases
+        new_l, new_r = (None if b is None else sharding.same_on_all_ranks(b, shard) for b in bases)
+        old_l, old_r = (None if b is None else sharding.local(b) for b in (old_l, old_r))
         if self._hp(group, "rotate_momentum"):
             # M_new = Pn^T Po M Qo^T Qn (SOAP): the old moment expressed in the new basis.
             for k in self.momentum_keys:
                 buf = state.get(k)
                 if isinstance(buf, Tensor) and buf.shape == (m, n):
-                    moved = buf
+                    moved = sharding.full(buf)
                     if old_l is not None and new_l is not None:
                         moved = torch.mm(new_l.to(buf.dtype).T, torch.mm(old_l, moved))
                     if old_r is not None and new_r is not None:
                         moved = torch.mm(torch.mm(moved, old_r.T), new_r.to(buf.dtype))
-                    buf.copy_(moved)
+                    buf.copy_(sharding.like(moved, buf))
         if old_l is not None:
             old_l.copy_(new_l)
         if old_r is not None:

@@ -69,15 +69,6 @@ def _sub(xs: Sequence[Tensor], ys: Sequence[Tensor], foreach: bool) -> list[Tens
     return [x - y for x, y in zip(xs, ys)]
 
 
-def _copy_(xs: list[Tensor], ys: Sequence[Tensor], foreach: bool) -> list[Tensor]:
-    if foreach:
-        torch._foreach_copy_(xs, list(ys))
-    else:
-        for x, y in zip(xs, ys):
-            x.copy_(y)
-    return xs
-
-
 def _abs_sigmoid_(xs: list[Tensor], foreach: bool) -> list[Tensor]:
     if foreach:
         torch._foreach_abs_(xs)
@@ -264,7 +255,7 @@ class ScaleByDiffGrad(Transform):
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         prev = ctx.state("previous_grad")
         xi = _abs_sigmoid_(_sub(prev, updates, ctx.foreach), ctx.foreach)
-        _copy_(prev, updates, ctx.foreach)
+        ops.copy_(prev, updates, ctx.foreach)
         out = self._adam.update(ctx, updates)  # fresh
         return ops.mul_(out, xi, ctx.foreach)
 
@@ -398,7 +389,7 @@ class LookaheadSync(Transform):
         sub, ss, ps = _pick(out, idx), _pick(slow, idx), _pick(ctx.params, idx)
         ops.add_(sub, ps, ctx.foreach)  # the fast weights
         ops.lerp_(ss, sub, alpha, ctx.foreach)
-        _copy_(sub, ss, ctx.foreach)
+        ops.copy_(sub, ss, ctx.foreach)
         ops.add_(sub, ps, ctx.foreach, alpha=-1.0)
         return out
 

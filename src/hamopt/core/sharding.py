@@ -1,0 +1,87 @@
+"""The few places where a transform meets a sharded (FSDP2 ``DTensor``) parameter.
+
+Under ``torch.distributed.fsdp.fully_shard`` parameters, gradients and optimizer state are
+``DTensor`` shards (usually ``Shard(0)``: a block of rows per rank). Element-wise arithmetic
+on them needs nothing from us: DTensor runs it on the local shards. What does need care is
+any statistic of the *whole* matrix, such as an SVD basis: it must be computed from the full
+matrix, the same on every rank, so a sharded run equals a single-process one (SPEC section
+4). These helpers are the whole vocabulary for that; each is the identity on plain tensors,
+so a transform calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+try:  # torch.distributed.tensor is public since torch 2.4
+    from torch.distributed.tensor import DTensor, Replicate
+except ImportError:  # pragma: no cover - builds without distributed support
+    DTensor = None  # type: ignore[assignment,misc]
+    Replicate = None  # type: ignore[assignment,misc]
+
+__all__ = ["all_agree", "full", "is_sharded", "like", "local", "replicated", "same_on_all_ranks"]
+
+
+def is_sharded(x: Any) -> bool:
+    """Whether ``x`` is a ``DTensor``."""
+    return DTensor is not None and isinstance(x, DTensor)
+
+
+def full(x: Tensor) -> Tensor:
+    """The whole tensor on every rank (an all-gather of a ``DTensor``; ``x`` itself otherwise)."""
+    return x.full_tensor() if is_sharded(x) else x  # type: ignore[union-attr]
+
+
+def local(x: Tensor) -> Tensor:
+    """This rank's shard as a plain tensor (``x`` itself when it is not a ``DTensor``)."""
+    return x.to_local() if is_sharded(x) else x  # type: ignore[union-attr]
+
+
+def replicated(x: Tensor, ref: Tensor) -> Tensor:
+    """``x`` (the same whole tensor on every rank) as a replicated ``DTensor`` on ``ref``'s mesh,
+    or ``x`` itself when ``ref`` is not a ``DTensor``."""
+    if not is_sharded(ref):
+        return x
+    mesh = ref.device_mesh  # type: ignore[attr-defined]
+    return DTensor.from_local(x, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+def like(x: Tensor, ref: Tensor) -> Tensor:
+    """``x`` (a ``DTensor`` of any placement, or a whole plain tensor on every rank) laid out
+    like ``ref``: the same placements (slicing a replicated tensor costs no communication;
+    a partial sum is reduce-scattered). ``x`` itself when ``ref`` is not a ``DTensor``."""
+    if not is_sharded(ref):
+        return x
+    mesh = ref.device_mesh  # type: ignore[attr-defined]
+    if not is_sharded(x):
+        x = replicated(x, ref)
+    return x.redistribute(mesh, ref.placements)  # type: ignore[union-attr]
+
+
+def all_agree(ok: bool, ref: Tensor) -> bool:
+    """``ok`` on every rank of ``ref``'s mesh (one tiny all-reduce); ``ok`` for plain tensors."""
+    if not is_sharded(ref):
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0], device=local(ref).device)
+    for group in _groups(ref):  # each mesh dimension in turn: the minimum over the whole mesh
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag.item() == 1.0)
+
+
+def same_on_all_ranks(x: Tensor, ref: Tensor) -> Tensor:
+    """``x`` as the mesh's first rank computed it (a broadcast), so every rank holds the very
+    same bits even where a decomposition could round differently on different hardware."""
+    if not is_sharded(ref):
+        return x
+    for group in _groups(ref):  # each mesh dimension in turn: the copy of mesh rank 0 everywhere
+        dist.broadcast(x, src=dist.get_global_rank(group, 0), group=group)
+    return x
+
+
+def _groups(ref: Tensor) -> list[Any]:
+    mesh = ref.device_mesh  # type: ignore[attr-defined]
+    return [mesh.get_group(d) for d in range(mesh.ndim)]
