@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import ops
+from . import ops, sharding
 from .transform import BUCKET, ELEMENT, Chain, StepContext, Transform
 
 __all__ = ["ChainedOptimizer", "ParamsT"]
@@ -207,11 +207,15 @@ class ChainedOptimizer(torch.optim.Optimizer):
             steps = self._advance_steps(params, states)
 
         body, decay, lr_last = self._tail()
-        pieces = self._cpu_pieces(group, body, cparams, cgrads, states)
+        if not self.transform.on_shards(group) and any(sharding.is_sharded(p) for p in cparams):
+            self._apply_gathered(group, body, cparams, cgrads, states, steps, foreach, decay, lr_last)
+            pieces = []
+        else:
+            pieces = self._cpu_pieces(group, body, cparams, cgrads, states)
         if pieces is None:
             self._apply(StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps,
                                     foreach=foreach, leaves=params), body, decay, lr_last)
-        else:
+        elif pieces:
             spares: dict[Any, list[Tensor]] = {}  # buffers reused by later pieces of this step
             for chunk in pieces:
                 self._apply_piece(group, chunk, cparams, cgrads, states, steps, params, foreach, body, decay,
@@ -240,6 +244,47 @@ class ChainedOptimizer(torch.optim.Optimizer):
                 alpha = -lr
         ops.add_(cparams, updates, foreach, alpha=alpha)
 
+    # ------------------------------------------------------------------ FSDP2 shards
+    def _apply_gathered(self, group: dict[str, Any], body: Transform, cparams: list[Tensor], cgrads: list[Tensor],
+                        states: list[dict[str, Any]], steps: list[Any], foreach: bool, decay: bool,
+                        lr_last: bool) -> None:
+        """Run a chain that needs whole tensors (:meth:`Transform.on_shards` ``False``) on FSDP2
+        shards: gather the parameter, the gradient and the state shaped like the parameter,
+        run the chain on the whole tensors exactly as one process would, and keep this
+        rank's rows. One tensor at a time (``TENSOR`` granularity) or the whole bucket
+        (``BUCKET``). State of another shape (factored row and column statistics) is whole
+        on every rank already and is updated the same on each; new state shaped like the
+        parameter is sharded like it. Every rank repeats the same work: the price of
+        whole-matrix statistics that need no reduction code of their own.
+        """
+        if body.needs_grad_graph:
+            raise NotImplementedError(
+                f"{type(self).__name__} differentiates through the parameters (a Hessian estimate), "
+                "which FSDP2 shards do not support here; use DistributedDataParallel"
+            )
+        n = len(cparams)
+        chunks = [[i] for i in range(n)] if body.granularity(group) != BUCKET else [list(range(n))]
+        for idx in chunks:
+            ps = [sharding.full(cparams[i]) for i in idx]
+            whole = [{k: sharding.full(v) if sharding.is_sharded(v) else v for k, v in states[i].items()}
+                     for i in idx]
+            ctx = StepContext(group=group, params=ps, grads=[sharding.full(cgrads[i]) for i in idx], states=whole,
+                              steps=[steps[i] for i in idx], foreach=foreach)
+            self._apply(ctx, body, decay, lr_last)
+            for i, p, st in zip(idx, ps, whole):
+                ref = cparams[i]
+                sharding.keep_rows(p, ref)
+                for k, v in st.items():
+                    old = states[i].get(k)
+                    if v is old:
+                        continue
+                    if sharding.is_sharded(old):
+                        sharding.keep_rows(v, old)
+                    elif old is None and isinstance(v, Tensor) and sharding.is_sharded(ref) and v.shape == ref.shape:
+                        states[i][k] = sharding.shard_like(v, ref)
+                    else:
+                        states[i][k] = v
+
     # ------------------------------------------------------------------ CPU pieces
     #: On the CPU, run the step on pieces of about this many elements, one after the other,
     #: so each piece's parameters, gradients, state and temporaries stay in cache (a
@@ -256,6 +301,8 @@ class ChainedOptimizer(torch.optim.Optimizer):
         whole tensor), or ``None`` to run the bucket at once."""
         size = self.cpu_chunk_numel
         if size <= 0 or cparams[0].device.type != "cpu" or _is_compiling():
+            return None
+        if any(sharding.is_sharded(p) for p in cparams):  # FSDP2 shards: the whole bucket
             return None
         gran = body.granularity(group)
         if gran == BUCKET or (len(cparams) == 1 and cparams[0].numel() <= size):

@@ -23,7 +23,8 @@ except ImportError:  # pragma: no cover - builds without distributed support
     DTensor = None  # type: ignore[assignment,misc]
     Replicate = None  # type: ignore[assignment,misc]
 
-__all__ = ["all_agree", "full", "is_sharded", "like", "local", "replicated", "same_on_all_ranks"]
+__all__ = ["all_agree", "full", "is_sharded", "keep_rows", "like", "local", "replicated", "same_on_all_ranks",
+           "shard_like"]
 
 
 def is_sharded(x: Any) -> bool:
@@ -60,6 +61,21 @@ def like(x: Tensor, ref: Tensor) -> Tensor:
     if not is_sharded(x):
         x = replicated(x, ref)
     return x.redistribute(mesh, ref.placements)  # type: ignore[union-attr]
+
+
+def keep_rows(x: Tensor, ref: Tensor) -> None:
+    """Copy this rank's part of ``x`` (whole, the same on every rank) into the ``DTensor``
+    ``ref`` (no communication); nothing when ``ref`` is not a ``DTensor``."""
+    if is_sharded(ref):
+        local(ref).copy_(local(like(x, ref)))
+
+
+def shard_like(x: Tensor, ref: Tensor) -> Tensor:
+    """A new ``DTensor`` laid out like ``ref`` holding this rank's part of ``x`` (whole, the
+    same on every rank), copied so that ``x`` can be freed."""
+    part = local(like(x, ref)).clone()
+    return DTensor.from_local(part, ref.device_mesh, ref.placements, shape=ref.shape,  # type: ignore[union-attr]
+                              stride=ref.stride(), run_check=False)
 
 
 def all_agree(ok: bool, ref: Tensor) -> bool:

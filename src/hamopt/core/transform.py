@@ -186,6 +186,18 @@ class Transform:
     def validate(self, group: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` naming the argument and value if ``group`` is invalid."""
 
+    def on_shards(self, group: Mapping[str, Any]) -> bool:
+        """Whether :meth:`update` runs on FSDP2 ``DTensor`` shards as they are.
+
+        ``True`` for element-wise transforms (the default follows :meth:`granularity`): each
+        rank updates its own rows. A transform that needs whole tensors may still say
+        ``True`` if it gathers or reduces across ranks itself (the SVD rotation does).
+        Otherwise the optimizer runs it on gathered whole tensors, one tensor at a time
+        (``TENSOR``) or the whole bucket (``BUCKET``), with the same result on every rank,
+        and keeps its rows of the result: a sharded run then equals a single-process one.
+        """
+        return self.granularity(group) == ELEMENT
+
     def granularity(self, group: Mapping[str, Any]) -> str:
         """How finely the optimizer may split a bucket before running this transform.
 
@@ -255,6 +267,9 @@ class Chain(Transform):
     def granularity(self, group: Mapping[str, Any]) -> str:
         return coarsest(*(t.granularity(group) for t in self.transforms))
 
+    def on_shards(self, group: Mapping[str, Any]) -> bool:
+        return all(t.on_shards(group) for t in self.transforms)
+
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
         for t in self.transforms:
             t.init(param, state, group)
@@ -301,15 +316,12 @@ def state_like(param: Tensor, group: Mapping[str, Any], shape: Sequence[int] | N
     """A zero tensor for optimizer state, on ``param``'s device in ``param``'s dtype.
 
     ``param`` is already in the state dtype (the optimizer passes a compute-dtype view), so
-    state for bf16 parameters is float32 unless the user asked otherwise.
+    state for bf16 parameters is float32 unless the user asked otherwise. Shaped like
+    ``param`` it is sharded like it under FSDP2; of another ``shape`` it is a whole tensor.
     """
     if shape is None:
         return torch.zeros_like(param, memory_format=torch.preserve_format)
-    if sharding.is_sharded(param):
-        raise NotImplementedError(
-            f"optimizer state of shape {tuple(shape)} for a parameter of shape {tuple(param.shape)} "
-            "(factored row and column statistics) is not supported on FSDP2 (DTensor) shards yet: "
-            "those statistics need a reduction across ranks. Use DistributedDataParallel with this "
-            "optimizer, or an optimizer with element-wise state (AdamW, Lion, Grams, AdaDiag) under FSDP2"
-        )
-    return torch.zeros(tuple(shape), dtype=param.dtype, device=param.device)
+    # Another shape than the parameter's (factored row and column statistics): for an FSDP2
+    # shard it is kept whole on every rank (the optimizer runs such transforms on gathered
+    # tensors, see Transform.on_shards).
+    return torch.zeros(tuple(shape), dtype=param.dtype, device=sharding.local(param).device)

@@ -338,6 +338,11 @@ class ScaleBySvdRotation(Transform):
         # A rotation needs its whole matrix; matrices are independent of each other.
         return coarsest(TENSOR, self.inner.granularity(group))
 
+    def on_shards(self, group: Mapping[str, Any]) -> bool:
+        # The rotation gathers and reduces across ranks itself (module docstring); whether the
+        # whole can run on shards is up to the inner transform (Adam yes, Adafactor no).
+        return self.inner.on_shards(group)
+
     def children(self) -> Sequence[Transform]:
         # A chain's own state_keys repeat its members'; listing the members (not the chain)
         # keeps chain()'s clash check from seeing each key twice.
