@@ -11,6 +11,7 @@ way the sharded run must equal the single-process one.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import sys
 
@@ -52,13 +53,23 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
         opt.step()
 
 
-def _worker(rank: int, out: str) -> None:
+def _join(rank: int, out: str) -> None:
     torch.set_num_threads(1)
     # A file rendezvous, not a TCP port picked in advance: a port freed by _free_port() could
     # be taken by another process before rank 0 binds it, leaving rank 1 waiting for good
     # (seen once under pytest-xdist). The timeout turns any failed rendezvous into an error.
     dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=120))
+
+
+def _two_ranks(worker, out: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Run ``worker(rank, out)`` in two processes; what each saved to ``out.<rank>``."""
+    mp.spawn(worker, args=(out,), nprocs=2, join=True)
+    return [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+
+
+def _worker(rank: int, out: str) -> None:
+    _join(rank, out)
     try:
         x, y = _batch()
         shard = slice(rank * 8, (rank + 1) * 8)
@@ -73,9 +84,7 @@ def _worker(rank: int, out: str) -> None:
 
 
 def test_ddp_equals_single_process_full_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    out = str(tmp_path / "ddp")
-    mp.spawn(_worker, args=(out,), nprocs=2, join=True)
-    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    ranks = _two_ranks(_worker, str(tmp_path / "ddp"))
     x, y = _batch()
     for name in NAMES:
         model = _model()
@@ -106,6 +115,9 @@ FSDP_KW: dict[str, dict] = {"adadiag": dict(svd_interval=2), "adadiag++": dict(s
 FED = {"one_sided": dict(svd_interval=2), "two_sided": dict(svd_interval=2, two_sided=True),
        "rotate_momentum": dict(svd_interval=3, rotate_momentum=True, weight_decay=0.1),
        "svd": dict(svd_interval=2, two_sided=True, basis_method="svd")}
+#: Sharded runs resumed from a state_dict after step 4 (AdaDiag: across the refresh at step 6;
+#: Adafactor-m: whole row/column statistics beside a sharded momentum).
+RESUMED = {"adadiag": dict(svd_interval=3, rotate_momentum=True), "adafactor_m": {}}
 FED_SHAPES = [(7, 5), (4, 9), (5, 2, 3, 3), (3,)]  # tall, wide, a conv kernel; rows split unevenly
 
 
@@ -152,15 +164,21 @@ def _fed_grads(step: int) -> list[torch.Tensor]:
     return [torch.randn(s, generator=g, dtype=torch.float64) for s in FED_SHAPES]
 
 
-def _fed_run(kw: dict, mesh=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # type: ignore[no-untyped-def]
-    """AdaDiag on FED_SHAPES for 7 steps; the final parameters and bases, whole."""
+def _fed_run(kw: dict, mesh=None, name: str = "adadiag",  # type: ignore[no-untyped-def]
+             resume_at: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``name`` on FED_SHAPES for 7 steps (a fresh optimizer loading a copy of the
+    state_dict after step ``resume_at``); the final parameters and bases, whole."""
     def put(t: torch.Tensor) -> torch.Tensor:
         return t.clone() if mesh is None else distribute_tensor(t.clone(), mesh, [Shard(0)])
 
     g = torch.Generator().manual_seed(0)
     ps = [torch.nn.Parameter(put(torch.randn(s, generator=g, dtype=torch.float64))) for s in FED_SHAPES]
-    opt = hamopt.AdaDiag(ps, lr=0.01, **kw)
+    opt = hamopt.create(name, ps, lr=0.01, **kw)
     for step in range(7):
+        if step == resume_at:
+            saved = copy.deepcopy(opt.state_dict())
+            opt = hamopt.create(name, ps, lr=0.01, **kw)
+            opt.load_state_dict(saved)
         for p, gr in zip(ps, _fed_grads(step)):
             p.grad = put(gr)
         opt.step()
@@ -171,9 +189,7 @@ def _fed_run(kw: dict, mesh=None) -> tuple[list[torch.Tensor], list[torch.Tensor
 
 
 def _fsdp_worker(rank: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=120))
+    _join(rank, out)
     try:
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -194,6 +210,8 @@ def _fsdp_worker(rank: int, out: str) -> None:
                                                       for p in net.parameters()]
         for key, kw in FED.items():
             results[f"fed:{key}"] = _fed_run(kw, mesh)
+        for name, kw in RESUMED.items():
+            results[f"resumed:{name}"] = [_fed_run(kw, mesh, name, resume_at=r)[0] for r in (None, 4)]
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -201,9 +219,7 @@ def _fsdp_worker(rank: int, out: str) -> None:
 
 @pytest.mark.skipif(fully_shard is None, reason="needs torch.distributed.fsdp.fully_shard (FSDP2)")
 def test_fsdp2_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    out = str(tmp_path / "fsdp")
-    mp.spawn(_fsdp_worker, args=(out,), nprocs=2, join=True)
-    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    ranks = _two_ranks(_fsdp_worker, str(tmp_path / "fsdp"))
     x, y = _images()
     for name in FSDP_NAMES:
         net = _Net()
@@ -224,5 +240,9 @@ def test_fsdp2_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyp
         for a, c, s in zip(w0, w1, single):
             assert torch.equal(a, c)
             torch.testing.assert_close(a, s, rtol=1e-12, atol=1e-13, msg=f"AdaDiag {key}: sharded != single process")
+    for name in RESUMED:
+        straight, resumed = ranks[0][f"resumed:{name}"]
+        for a, b in zip(straight, resumed):
+            assert torch.equal(a, b), f"{name}: a sharded run resumed from its state_dict differs"
     sharded = ranks[0]["ams:sign_buffer_sharded"]
     assert sharded and all(sharded), "AMS's sign buffer, created mid-run, is not a DTensor shard"
