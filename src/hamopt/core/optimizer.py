@@ -207,15 +207,13 @@ class ChainedOptimizer(torch.optim.Optimizer):
             steps = self._advance_steps(params, states)
 
         body, decay, lr_last = self._tail()
+        pieces = None
         if not self.transform.on_shards(group) and any(sharding.is_sharded(p) for p in cparams):
             self._apply_gathered(group, body, cparams, cgrads, states, steps, foreach, decay, lr_last)
-            pieces = []
-        else:
-            pieces = self._cpu_pieces(group, body, cparams, cgrads, states)
-        if pieces is None:
+        elif (pieces := self._cpu_pieces(group, body, cparams, cgrads, states)) is None:
             self._apply(StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps,
                                     foreach=foreach, leaves=params), body, decay, lr_last)
-        elif pieces:
+        else:
             spares: dict[Any, list[Tensor]] = {}  # buffers reused by later pieces of this step
             for chunk in pieces:
                 self._apply_piece(group, chunk, cparams, cgrads, states, steps, params, foreach, body, decay,

@@ -67,8 +67,17 @@ Conventions fixed here (the paper leaves them open):
   same rounds; the float32 products themselves take about 700 ms of it.
 
 The basis computation, the basis completion and the two rotations are the only places that
-need the whole matrix (under FSDP they need a gather): :func:`_svd_bases`,
-:func:`_eigh_bases`, :func:`_rotate`, :func:`_rotate_back` and their batched forms.
+need the whole matrix: :func:`_svd_bases`, :func:`_eigh_bases`, :func:`_rotate`,
+:func:`_rotate_back` and their batched forms.
+
+* **FSDP2** (``DTensor`` shards, SPEC section 4). A refresh gathers the gradient; every rank
+  decomposes the whole matrix, all keep the old basis if any rank failed, and the first
+  rank's basis is broadcast. The bases are replicated DTensors; the rotations are
+  DTensor products (for row shards ``G R`` is local and ``L^T G`` a per-rank partial
+  product, reduce-scattered) laid out like the gradient again, so the inner transform's
+  state stays sharded. The rotation therefore runs on shards as they are
+  (:meth:`ScaleBySvdRotation.on_shards`) when its inner transform does; around Adafactor
+  the optimizer runs the whole chain on gathered tensors instead.
 """
 
 from __future__ import annotations
