@@ -53,19 +53,19 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
         opt.step()
 
 
-def _join(rank: int, out: str) -> None:
+def _join(rank: int, out: str, world: int = 2) -> None:
     torch.set_num_threads(1)
     # A file rendezvous, not a TCP port picked in advance: a port freed by _free_port() could
     # be taken by another process before rank 0 binds it, leaving rank 1 waiting for good
     # (seen once under pytest-xdist). The timeout turns any failed rendezvous into an error.
-    dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=2,
+    dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
 
 
-def _two_ranks(worker, out: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    """Run ``worker(rank, out)`` in two processes; what each saved to ``out.<rank>``."""
-    mp.spawn(worker, args=(out,), nprocs=2, join=True)
-    return [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+def _spawn(worker, out: str, world: int = 2) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Run ``worker(rank, out)`` in ``world`` processes; what each saved to ``out.<rank>``."""
+    mp.spawn(worker, args=(out,), nprocs=world, join=True)
+    return [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]
 
 
 def _worker(rank: int, out: str) -> None:
@@ -84,7 +84,7 @@ def _worker(rank: int, out: str) -> None:
 
 
 def test_ddp_equals_single_process_full_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    ranks = _two_ranks(_worker, str(tmp_path / "ddp"))
+    ranks = _spawn(_worker, str(tmp_path / "ddp"))
     x, y = _batch()
     for name in NAMES:
         model = _model()
@@ -219,7 +219,7 @@ def _fsdp_worker(rank: int, out: str) -> None:
 
 @pytest.mark.skipif(fully_shard is None, reason="needs torch.distributed.fsdp.fully_shard (FSDP2)")
 def test_fsdp2_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    ranks = _two_ranks(_fsdp_worker, str(tmp_path / "fsdp"))
+    ranks = _spawn(_fsdp_worker, str(tmp_path / "fsdp"))
     x, y = _images()
     for name in FSDP_NAMES:
         net = _Net()
@@ -246,3 +246,42 @@ def test_fsdp2_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyp
             assert torch.equal(a, b), f"{name}: a sharded run resumed from its state_dict differs"
     sharded = ranks[0]["ams:sign_buffer_sharded"]
     assert sharded and all(sharded), "AMS's sign buffer, created mid-run, is not a DTensor shard"
+
+
+#: HSDP: a 2 x 2 mesh (replicate x shard), so the bases' agreement and broadcast run over both
+#: mesh dimensions; one optimizer on shards as they are, one on gathered tensors.
+HSDP_NAMES = ["adadiag", "hfac"]
+
+
+def _hsdp_worker(rank: int, out: str) -> None:
+    _join(rank, out, world=4)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+        x, y = _images()
+        shard = slice(rank * 4, (rank + 1) * 4)
+        results = {}
+        for name in HSDP_NAMES:
+            net = _Net()
+            for module in (net.conv, net.a, net.b, net.h):
+                fully_shard(module, mesh=mesh)
+            fully_shard(net, mesh=mesh)
+            _train_net(net, hamopt.create(name, net.parameters(), **_fsdp_kwargs(name)), x[shard], y[shard])
+            results[name] = [p.detach().full_tensor() for p in net.parameters()]
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(fully_shard is None, reason="needs torch.distributed.fsdp.fully_shard (FSDP2)")
+def test_hsdp_2d_mesh_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ranks = _spawn(_hsdp_worker, str(tmp_path / "hsdp"), world=4)
+    x, y = _images()
+    for name in HSDP_NAMES:
+        net = _Net()
+        _train_net(net, hamopt.create(name, net.parameters(), **_fsdp_kwargs(name)), x, y)
+        for k, p in enumerate(net.parameters()):
+            assert all(torch.equal(r[name][k], ranks[0][name][k]) for r in ranks), f"{name}: ranks disagree"
+            tol = dict(rtol=1e-7, atol=1e-9) if "diag" in name else dict(rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(ranks[0][name][k], p.detach(), **tol, msg=f"{name}: HSDP != single process")
