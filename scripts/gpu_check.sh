@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything hamopt measures on a GPU, in one command (CI never has one):
-#   the CUDA tests, `hamopt speed` on LLaMA-60M shapes (exact float32, and with TF32 for the
-#   SVD-rotation optimizers), interleaved step times beside the peers, and AdaDiag's basis
+#   the CUDA tests, `hamopt speed` on LLaMA-60M shapes (exact float32, and with TF32 and bf16
+#   products for the SVD-rotation optimizers), interleaved step times beside the peers, and AdaDiag's basis
 #   refresh (eigh vs SVD), and eager vs hamopt.compile_step steps beside the peers.
 #   Reports go to the folder given as $1 (default: gpu-report).
 # Uses the environment of scripts/setup.sh, which keeps an installed (CUDA) torch.
@@ -26,6 +26,8 @@ run "$py" -m hamopt speed --model llama60m --device cuda --steps 5 --repeat 2 \
     --optimizers adadiag adadiag++ adafacdiag adafacdiag++ | tee "$out/speed_svd.txt"
 run "$py" -m hamopt speed --model llama60m --device cuda --steps 5 --repeat 2 --no-peers \
     --matmul-precision high --optimizers adadiag adadiag++ adafacdiag | tee "$out/speed_svd_tf32.txt"
+run "$py" -m hamopt speed --model llama60m --device cuda --steps 5 --repeat 2 --no-peers \
+    --matmul-precision medium --optimizers adadiag adadiag++ adafacdiag | tee "$out/speed_svd_bf16.txt"
 peers=""
 for p in peer:pytorch_optimizer.Lion peer:lion_pytorch.Lion peer:pytorch_optimizer.Grams peer:grams.Grams \
          peer:pytorch_optimizer.AdaFactor; do
