@@ -208,9 +208,10 @@ class ChainedOptimizer(torch.optim.Optimizer):
 
         body, decay, lr_last = self._tail()
         pieces = None
-        if not self.transform.on_shards(group) and any(sharding.is_sharded(p) for p in cparams):
+        sharded = any(sharding.is_sharded(p) for p in cparams)  # FSDP2: never in CPU pieces
+        if sharded and not self.transform.on_shards(group):
             self._apply_gathered(group, body, cparams, cgrads, states, steps, foreach, decay, lr_last)
-        elif (pieces := self._cpu_pieces(group, body, cparams, cgrads, states)) is None:
+        elif sharded or (pieces := self._cpu_pieces(group, body, cparams, cgrads, states)) is None:
             self._apply(StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps,
                                     foreach=foreach, leaves=params), body, decay, lr_last)
         else:
@@ -299,8 +300,6 @@ class ChainedOptimizer(torch.optim.Optimizer):
         whole tensor), or ``None`` to run the bucket at once."""
         size = self.cpu_chunk_numel
         if size <= 0 or cparams[0].device.type != "cpu" or _is_compiling():
-            return None
-        if any(sharding.is_sharded(p) for p in cparams):  # FSDP2 shards: the whole bucket
             return None
         gran = body.granularity(group)
         if gran == BUCKET or (len(cparams) == 1 and cparams[0].numel() <= size):

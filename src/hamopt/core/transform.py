@@ -36,6 +36,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -140,29 +141,25 @@ class StepContext:
             return updates
         return self.fresh(ops.clone(updates))
 
+    # The derived contexts below are copies of this one (dataclasses.replace), so they share
+    # the group, the scratch and the step's buffer pool (spares, _taken) without listing them.
     def sub(self, indices: Sequence[int]) -> StepContext:
         """A context restricted to the parameters at ``indices`` (for per-shape sub-chains)."""
-        return StepContext(
-            group=self.group,
+        return dataclasses.replace(
+            self,
             params=[self.params[i] for i in indices],
             grads=[self.grads[i] for i in indices],
             states=[self.states[i] for i in indices],
             steps=[self.steps[i] for i in indices],
-            foreach=self.foreach,
             leaves=None if self.leaves is None else [self.leaves[i] for i in indices],
-            scratch=self.scratch,
-            spares=self.spares,
-            _taken=self._taken,
+            _owned=None,
         )
 
     def seen_as(self, params: list[Tensor], grads: list[Tensor]) -> StepContext:
         """The same parameters and states seen through other tensors (e.g. a rotation's
         rotated gradients and matrix views), sharing the scratch and the step's buffer pool.
         ``leaves`` are dropped (they no longer match ``params``)."""
-        return StepContext(
-            group=self.group, params=params, grads=grads, states=self.states, steps=self.steps,
-            foreach=self.foreach, scratch=self.scratch, spares=self.spares, _taken=self._taken,
-        )
+        return dataclasses.replace(self, params=params, grads=grads, leaves=None, _owned=None)
 
 
 class Transform:
