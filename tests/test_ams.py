@@ -16,6 +16,7 @@ import hamopt
 from hamopt.transforms import (
     add_decayed_weights_after_step,
     ams_decay_before_lr,
+    apply_update,
     make_cautious,
     make_grams,
     scale_by_adam_moments,
@@ -151,10 +152,10 @@ def test_ams_with_b3_zero_keeps_no_sign_buffer_and_b3_positive_does():
 # ------------------------------------------------------------------ the corollaries, exactly
 def _adam_chain(ps, lr, betas, eps):
     # Plain Adam (no decay), ending like AMS's chain so both take the same final arithmetic:
-    # the shell fuses a trailing scale_by_learning_rate() into the parameter update, which
-    # rounds differently from multiplying first.
+    # apply_update() adds -lr u to the parameters in one pass, which rounds differently from
+    # multiplying by -lr first (scale_by_learning_rate()).
     return hamopt.ChainedOptimizer(ps, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0),
-                                   [scale_by_adam_moments(), ams_decay_before_lr(), scale_by_learning_rate()])
+                                   [scale_by_adam_moments(), ams_decay_before_lr(), apply_update()])
 
 
 @pytest.mark.parametrize("lam", [-1.0, 0.0, 0.37, 3.0])

@@ -355,14 +355,15 @@ def test_cpu_chunk_setting_survives_deepcopy() -> None:
 
 
 def test_take_reuses_a_buffer_given_back_within_the_step_only() -> None:
+    from hamopt.core.engine.pieces import StepPool
     from hamopt.core.transform import StepContext
 
     pool: dict = {}
-    a = StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True, spares=pool)
+    a = StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True, workspace=StepPool(pool))
     x = a.take(torch.zeros(4, 6))
     assert x.shape == (4, 6) and x.is_contiguous()
-    a.give_back()
-    b = StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True, spares=pool)
+    a.workspace.give_back()
+    b = StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True, workspace=StepPool(pool))
     y = b.take(torch.zeros(2, 12))  # same size: the same memory, in the new shape
     assert y.shape == (2, 12) and y.data_ptr() == x.data_ptr()
     z = b.take(torch.zeros(2, 12))  # the pool is empty again: a new buffer
@@ -370,8 +371,8 @@ def test_take_reuses_a_buffer_given_back_within_the_step_only() -> None:
     assert b.take(torch.zeros(24, dtype=torch.float64)).dtype == torch.float64  # keyed by dtype too
     alone = StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True)
     alone.take(torch.zeros(3))
-    alone.give_back()  # no pool (whole-bucket step, GPU): take is empty_like and nothing is kept
-    assert alone.spares is None
+    alone.workspace.give_back()  # no pool (whole-bucket step, GPU): take is empty_like and nothing is kept
+    assert not alone.workspace.pooled
 
 
 @pytest.mark.parametrize("name, takes", [("hfac", 1), ("adafactor_m", 1), ("signfsgd", 1), ("lionfactor", 1),
@@ -383,19 +384,18 @@ def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
     # buffer the previous piece gave back (AdaDiag: its rotated gradient, the inner Adam's
     # denominator and the rotated-back update). Results must equal the whole-bucket step
     # exactly (there AdaDiag rotates the four with one batched product per side).
-    from hamopt.core.transform import StepContext, _pool_key
+    from hamopt.core.engine.pieces import StepPool
     from hamopt.transforms import factored
 
     monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 1000)  # the sign reshapers' row blocks too
     reused = []
-    take = StepContext.take
+    take = StepPool.take
 
     def counting_take(self, like):  # type: ignore[no-untyped-def]
-        pool = None if self.spares is None else self.spares.get(_pool_key(like))
-        reused.append(bool(pool))
+        reused.append(self.reuses(like))
         return take(self, like)
 
-    monkeypatch.setattr(StepContext, "take", counting_take)
+    monkeypatch.setattr(StepPool, "take", counting_take)
     g = torch.Generator().manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(64, 80, generator=g)) for _ in range(4)]
     ps2 = [torch.nn.Parameter(p.detach().clone()) for p in ps]

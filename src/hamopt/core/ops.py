@@ -16,8 +16,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import sharding
-
 Scalar = float | int | Tensor
 ScalarOrList = Scalar | Sequence[Scalar]
 
@@ -51,10 +49,13 @@ def clone(xs: Sequence[Tensor]) -> list[Tensor]:
     return [x.clone(memory_format=torch.preserve_format) for x in xs]
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def copy_(xs: list[Tensor], ys: Sequence[Tensor], foreach: bool) -> list[Tensor]:
-    """``x <- y``. DTensors (FSDP2 shards) are copied one by one: ``_foreach_copy_`` has no
-    sharding rule."""
-    if foreach and not any(sharding.is_sharded(x) for x in xs):
+    """``x <- y``. Tensor subclasses (e.g. FSDP2's DTensor shards) are copied one by one:
+    ``_foreach_copy_`` has no rule for them."""
+    if foreach and all(type(x) in _PLAIN for x in xs):
         torch._foreach_copy_(xs, list(ys))
     else:
         for x, y in zip(xs, ys):

@@ -10,8 +10,12 @@ adapted to PyTorch's mutable per-parameter state dicts and multi-tensor kernels.
 
 Conventions
 -----------
-* **Updates are added.** A chain ends with :func:`hamopt.transforms.scale_by_learning_rate`,
-  which multiplies by ``-lr``; the optimizer then does ``p += update``.
+* **The chain applies the update.** A named optimizer's chain ends with a transform that
+  writes the parameters (:attr:`Transform.applies`), e.g.
+  :func:`hamopt.transforms.apply_decayed_update` (``p <- p (1 - lr wd) - lr u``), so the chain
+  you read is the step that runs. A chain that ends otherwise (say with
+  :func:`hamopt.transforms.scale_by_learning_rate`, which multiplies by ``-lr``) has its
+  final updates added to the parameters: ``p += update``.
 * **Hyperparameters live in the parameter group.** A transform reads ``ctx.group["betas"]``
   and so on at every step, so per-group values and LR schedulers work. It names the keys it
   reads in :attr:`Transform.hyperparams` and checks them in :meth:`Transform.validate`.
@@ -22,6 +26,12 @@ Conventions
 * **Ownership.** ``updates`` may alias the raw gradients or the state; call
   ``ctx.writable(updates)`` before modifying them in place, and ``ctx.fresh(new)`` when
   returning tensors you allocated yourself, so later transforms may reuse them.
+* **How a step runs is not a transform's business.** The engine
+  (:mod:`hamopt.core.engine`) decides whether a bucket runs whole, in CPU pieces or on
+  gathered FSDP2 shards; a transform only declares what it needs (:meth:`Transform.granularity`,
+  :meth:`Transform.on_shards`). Faster versions of a rule (batched, blocked, pooled
+  buffers) live in :mod:`hamopt.fast`, each naming the transform it implements; the engine
+  picks them automatically.
 * **Lists, not tensors.** ``ctx.foreach`` selects the multi-tensor path; write the
   arithmetic once with :mod:`hamopt.core.ops`, which dispatches to ``torch._foreach_*``
   or to a per-tensor loop (the two agree exactly; a test checks it).
@@ -45,9 +55,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import ops, sharding
+from . import ops
 
-__all__ = ["BUCKET", "Chain", "ELEMENT", "StepContext", "TENSOR", "Transform", "chain"]
+__all__ = ["BUCKET", "Chain", "ELEMENT", "StepContext", "TENSOR", "Transform", "Workspace", "chain"]
 
 #: Granularities (:meth:`Transform.granularity`), finest first.
 ELEMENT = "element"
@@ -61,9 +71,27 @@ def coarsest(*granularities: str) -> str:
     return max(granularities, key=_ORDER.__getitem__, default=ELEMENT)
 
 
-def _pool_key(t: Tensor) -> tuple[int, torch.dtype, torch.device]:
-    """A buffer of the step pool fits any request of the same size, dtype and device."""
-    return t.numel(), t.dtype, t.device
+class Workspace:
+    """Where an implementation takes temporary buffers: ``torch.empty_like`` here.
+
+    The engine hands CPU pieces a pooled workspace (:class:`hamopt.core.engine.pieces.StepPool`)
+    whose buffers a later piece of the same step reuses. Only fast implementations
+    (:mod:`hamopt.fast`) take buffers; a reference transform allocates as it likes.
+    """
+
+    pooled = False
+
+    def take(self, like: Tensor) -> Tensor:
+        """An uninitialized contiguous tensor with ``like``'s shape, dtype and device. Never
+        keep it (or a view of it) beyond the current step, e.g. in the state."""
+        return torch.empty_like(like, memory_format=torch.contiguous_format)
+
+    def give_back(self) -> None:
+        """The piece that took buffers is done with them."""
+
+
+#: The workspace of a step that is not cut into pieces (nothing is pooled).
+PLAIN = Workspace()
 
 
 @dataclass
@@ -73,7 +101,8 @@ class StepContext:
     Attributes:
         group: the parameter group (hyperparameters, read-only by convention).
         params: the parameters, in the compute dtype (float32 copies of low-precision params;
-            the optimizer writes them back). Read them, do not modify them.
+            the engine writes them back). Only a transform that :attr:`~Transform.applies`
+            writes to them.
         grads: the gradients in the compute dtype (negated when ``maximize``). Read-only.
         states: one state dict per parameter (``optimizer.state[p]``).
         steps: the step count of each parameter after this step's increment, as Python
@@ -82,7 +111,8 @@ class StepContext:
         foreach: whether to use the multi-tensor kernels.
         leaves: the real parameters behind ``params`` (autograd leaves, original dtype), for
             transforms that differentiate with respect to them (Sophia's Hessian estimate).
-            Never write to them: the shell applies the update.
+            Never write to them: the engine writes the update back.
+        workspace: where fast implementations take temporary buffers (:class:`Workspace`).
     """
 
     group: Mapping[str, Any]
@@ -92,12 +122,11 @@ class StepContext:
     steps: list[Any]
     foreach: bool
     leaves: list[Tensor] | None = None
+    workspace: Workspace = field(default=PLAIN, repr=False)
     _owned: list[Tensor] | None = field(default=None, repr=False)
-    # Per-step scratch shared by the transforms of one chain (e.g. a rotation basis).
+    # Per-step scratch shared by the transforms of one chain (the factored and AMS transforms
+    # still hand results on through it; being retired, see CONTRIBUTING).
     scratch: dict[str, Any] = field(default_factory=dict, repr=False)
-    # Buffers handed back by earlier pieces of this step (CPU pieces only; see :meth:`take`).
-    spares: dict[Any, list[Tensor]] | None = field(default=None, repr=False)
-    _taken: list[Tensor] = field(default_factory=list, repr=False)
 
     def state(self, key: str) -> list[Any]:
         """``[state[key] for each parameter]``."""
@@ -108,32 +137,13 @@ class StepContext:
         self._owned = updates
         return updates
 
+    def owns(self, updates: list[Tensor]) -> bool:
+        """Whether ``updates`` are tensors the chain owns (returned through :meth:`fresh`)."""
+        return updates is self._owned
+
     def take(self, like: Tensor) -> Tensor:
-        """An uninitialized contiguous tensor with ``like``'s shape, dtype and device.
-
-        When the optimizer runs a CPU step in pieces, a buffer taken here goes back to a
-        pool once its piece has been applied, and a later piece of the same step asking for
-        the same size gets it again: a fresh embedding-sized tensor costs its page faults on
-        every allocation on a CPU, a reused one does not. The pool lives for one step only
-        (no memory is kept between steps). So: never keep a taken tensor (or a view of it)
-        beyond this step's piece, e.g. in the state. Otherwise this is ``torch.empty_like``.
-        """
-        pool = None if self.spares is None else self.spares.get(_pool_key(like))
-        if pool:
-            buf = pool.pop().view(like.shape)
-        else:
-            buf = torch.empty_like(like, memory_format=torch.contiguous_format)
-        if self.spares is not None:
-            self._taken.append(buf)
-        return buf
-
-    def give_back(self) -> None:
-        """Return this piece's taken buffers to the step's pool (the optimizer calls it once
-        the piece's update has been applied)."""
-        if self.spares is not None:
-            for buf in self._taken:
-                self.spares.setdefault(_pool_key(buf), []).append(buf)
-        self._taken = []
+        """``self.workspace.take(like)`` (for fast implementations; see :class:`Workspace`)."""
+        return self.workspace.take(like)
 
     def writable(self, updates: list[Tensor]) -> list[Tensor]:
         """``updates`` if the chain owns them, else fresh copies that it owns."""
@@ -142,7 +152,7 @@ class StepContext:
         return self.fresh(ops.clone(updates))
 
     # The derived contexts below are copies of this one (dataclasses.replace), so they share
-    # the group, the scratch and the step's buffer pool (spares, _taken) without listing them.
+    # the group, the scratch and the workspace without listing them.
     def sub(self, indices: Sequence[int]) -> StepContext:
         """A context restricted to the parameters at ``indices`` (for per-shape sub-chains)."""
         return dataclasses.replace(
@@ -157,7 +167,7 @@ class StepContext:
 
     def seen_as(self, params: list[Tensor], grads: list[Tensor]) -> StepContext:
         """The same parameters and states seen through other tensors (e.g. a rotation's
-        rotated gradients and matrix views), sharing the scratch and the step's buffer pool.
+        rotated gradients and matrix views), sharing the scratch and the workspace.
         ``leaves`` are dropped (they no longer match ``params``)."""
         return dataclasses.replace(self, params=params, grads=grads, leaves=None, _owned=None)
 
@@ -171,6 +181,8 @@ class Transform:
         supports_sparse: whether it accepts sparse gradients (none of ours do yet).
         supports_compile: whether its ``update`` traces under ``torch.compile``.
         splits: its :meth:`granularity` (``BUCKET`` unless a transform declares finer).
+        applies: whether it writes the parameters itself (the last transform of a named
+            optimizer's chain, e.g. ``apply_decayed_update()``); it then returns no updates.
     """
 
     state_keys: tuple[str, ...] = ()
@@ -179,6 +191,7 @@ class Transform:
     supports_compile: bool = True
     needs_grad_graph: bool = False
     splits: str = BUCKET
+    applies: bool = False
 
     def validate(self, group: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` naming the argument and value if ``group`` is invalid."""
@@ -256,6 +269,9 @@ class Chain(Transform):
         self.supports_sparse = all(t.supports_sparse for t in self.transforms)
         self.supports_compile = all(t.supports_compile for t in self.transforms)
         self.needs_grad_graph = any(t.needs_grad_graph for t in self.transforms)
+        if any(t.applies for t in self.transforms[:-1]):
+            raise ValueError("a transform that applies the update to the parameters must come last in a chain")
+        self.applies = bool(self.transforms) and self.transforms[-1].applies
 
     def validate(self, group: Mapping[str, Any]) -> None:
         for t in self.transforms:
@@ -318,7 +334,7 @@ def state_like(param: Tensor, group: Mapping[str, Any], shape: Sequence[int] | N
     """
     if shape is None:
         return torch.zeros_like(param, memory_format=torch.preserve_format)
-    # Another shape than the parameter's (factored row and column statistics): for an FSDP2
-    # shard it is kept whole on every rank (the optimizer runs such transforms on gathered
-    # tensors, see Transform.on_shards).
-    return torch.zeros(tuple(shape), dtype=param.dtype, device=sharding.local(param).device)
+    # Another shape than the parameter's (factored row and column statistics): a plain
+    # tensor, so for an FSDP2 shard it is whole on every rank (the engine runs such
+    # transforms on gathered tensors, see Transform.on_shards).
+    return torch.zeros(tuple(shape), dtype=param.dtype, device=param.device)

@@ -20,12 +20,7 @@ from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import chain
 from ..registry import OptimizerInfo, matrix_dims, numel, register
 from ..transforms.adadiag import rotation_mode, scale_by_svd_rotation
-from ..transforms.common import (
-    add_decayed_weights,
-    scale_by_adam,
-    scale_by_ema,
-    scale_by_learning_rate,
-)
+from ..transforms.common import apply_decayed_update, scale_by_adam, scale_by_ema
 from ..transforms.factored import scale_by_clipped_factored_rms
 
 __all__ = ["AdaDiag", "AdafacDiag"]
@@ -109,7 +104,7 @@ class AdaDiag(ChainedOptimizer):
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, svd_interval=svd_interval,
                  two_sided=two_sided, first_svd_step=first_svd_step, max_precond_dim=max_precond_dim,
                  rotate_momentum=rotate_momentum, basis_method=basis_method),
-            chain(scale_by_svd_rotation(scale_by_adam()), add_decayed_weights(), scale_by_learning_rate()),
+            chain(scale_by_svd_rotation(scale_by_adam()), apply_decayed_update()),
             maximize=maximize,
             foreach=foreach,
             state_dtype=state_dtype,
@@ -181,7 +176,7 @@ class AdafacDiag(ChainedOptimizer):
                  svd_interval=svd_interval, two_sided=two_sided, first_svd_step=first_svd_step,
                  max_precond_dim=max_precond_dim, rotate_momentum=rotate_momentum,
                  basis_method=basis_method),
-            chain(scale_by_svd_rotation(inner), add_decayed_weights(), scale_by_learning_rate()),
+            chain(scale_by_svd_rotation(inner), apply_decayed_update()),
             maximize=maximize,
             foreach=foreach,
             state_dtype=state_dtype,

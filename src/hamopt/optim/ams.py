@@ -25,7 +25,7 @@ from ..transforms.ams import (
     scale_by_ams,
     scale_by_cautious,
 )
-from ..transforms.common import add_decayed_weights, scale_by_learning_rate
+from ..transforms.common import apply_decayed_update, apply_update
 from ..transforms.lionk import L1Kernel, ScaleByLionK
 
 __all__ = ["AMS", "CAdamW", "CLion", "Grams"]
@@ -85,7 +85,7 @@ class AMS(ChainedOptimizer):
             # with Adam's bias-correction scalar and the mask's factor merged into the decay's
             # multiply and the -lr fused into the parameter update.
             [ScaleByAdamMoments(defer_scale=True), scale_by_ams(apply_factor=False), ams_decay_before_lr(),
-             scale_by_learning_rate()],
+             apply_update()],
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 
@@ -179,7 +179,7 @@ class CLion(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay),
-            [ScaleByLionK(L1Kernel()), scale_by_cautious(), add_decayed_weights(), scale_by_learning_rate()],
+            [ScaleByLionK(L1Kernel()), scale_by_cautious(), apply_decayed_update()],
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 

@@ -31,7 +31,7 @@ import torch
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import chain
 from ..registry import OptimizerInfo, matrix_dims, numel, register
-from ..transforms.common import add_decayed_weights, scale_by_ema, scale_by_learning_rate
+from ..transforms.common import apply_decayed_update, scale_by_ema
 from ..transforms.factored import (
     factored_momentum,
     scale_by_clipped_factored_rms,
@@ -85,7 +85,7 @@ class AdafactorM(ChainedOptimizer):
             # scale_by_clipped_factored_rms() is chain(scale_by_factored_rms(), clip_by_rms())
             # in fewer passes over memory
             chain(scale_by_ema(corrected=True), scale_by_clipped_factored_rms(),
-                  add_decayed_weights(), scale_by_learning_rate()),
+                  apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 
@@ -121,7 +121,7 @@ class SignFSGD(ChainedOptimizer):
             params,
             dict(lr=lr, beta=beta, weight_decay=weight_decay, corrected=corrected),
             chain(factored_momentum(hp="beta", index=None, corrected_decay=False, scale_by_beta=True),
-                  scale_by_factored_sign(), add_decayed_weights(), scale_by_learning_rate()),
+                  scale_by_factored_sign(), apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 
@@ -158,7 +158,7 @@ class LionFactor(ChainedOptimizer):
             dict(lr=lr, betas=betas, weight_decay=weight_decay),
             chain(factored_momentum(hp="betas", index=0, state_index=1, corrected_decay=False,
                                     scale_by_beta=False),
-                  scale_by_factored_sign(), add_decayed_weights(), scale_by_learning_rate()),
+                  scale_by_factored_sign(), apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 
@@ -207,7 +207,7 @@ class HFac(ChainedOptimizer):
             # scale_by_hfac(0.5) is chain(scale_by_factored_rms(), clip_by_rms(),
             # add_normalized_factored_momentum(0.5)) in fewer passes over memory
             chain(factored_momentum(hp="betas", index=0, corrected_decay=True, scale_by_beta=True),
-                  scale_by_hfac(0.5), add_decayed_weights(), scale_by_learning_rate()),
+                  scale_by_hfac(0.5), apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 
@@ -237,8 +237,7 @@ class AdamWVariant(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
-            chain(scale_by_rms(), scale_by_ema(corrected=True), add_decayed_weights(),
-                  scale_by_learning_rate()),
+            chain(scale_by_rms(), scale_by_ema(corrected=True), apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 

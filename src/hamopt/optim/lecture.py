@@ -35,7 +35,13 @@ from ..core import validation as V
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import Transform, chain
 from ..registry import OptimizerInfo, create, numel, register
-from ..transforms.common import add_decayed_weights, scale_by_ema, scale_by_learning_rate, scale_by_sign
+from ..transforms.common import (
+    add_decayed_weights,
+    apply_decayed_update,
+    scale_by_ema,
+    scale_by_learning_rate,
+    scale_by_sign,
+)
 from ..transforms.lecture import (
     ScaleBySophia,
     centralize,
@@ -101,8 +107,7 @@ class SignSGD(ChainedOptimizer):
                 centralize("use_gc"),
                 scale_by_ema("momentum_buffer", hp="momentum", index=None, corrected=False),
                 scale_by_sign(),
-                add_decayed_weights(),
-                scale_by_learning_rate(),
+                apply_decayed_update(),
             ),
             maximize=maximize,
             foreach=foreach,
@@ -152,7 +157,7 @@ class AdaMod(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_gc=use_gc),
-            chain(centralize("use_gc"), scale_by_adamod(), add_decayed_weights(), scale_by_learning_rate()),
+            chain(centralize("use_gc"), scale_by_adamod(), apply_decayed_update()),
             maximize=maximize,
             foreach=foreach,
             state_dtype=state_dtype,
@@ -200,7 +205,7 @@ class DiffGrad(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_gc=use_gc),
-            chain(centralize("use_gc"), scale_by_diffgrad(), add_decayed_weights(), scale_by_learning_rate()),
+            chain(centralize("use_gc"), scale_by_diffgrad(), apply_decayed_update()),
             maximize=maximize,
             foreach=foreach,
             state_dtype=state_dtype,
@@ -337,7 +342,7 @@ class Sophia(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, gamma=gamma, eps=eps, weight_decay=weight_decay, k=k, use_gc=use_gc),
-            chain(centralize("use_gc"), scale_by_sophia(estimator), add_decayed_weights(), scale_by_learning_rate()),
+            chain(centralize("use_gc"), scale_by_sophia(estimator), apply_decayed_update()),
             maximize=maximize,
             foreach=foreach,
             state_dtype=state_dtype,

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..registry import OptimizerInfo, numel, register
-from ..transforms.common import add_decayed_weights, scale_by_learning_rate
+from ..transforms.common import apply_decayed_update
 from ..transforms.lionk import Kernel, ScaleByLionK
 
 __all__ = ["Lion", "LionK"]
@@ -68,7 +68,7 @@ class LionK(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, kernel=kernel, p=p, e=e, k=k),
-            [ScaleByLionK(), add_decayed_weights(), scale_by_learning_rate()],
+            [ScaleByLionK(), apply_decayed_update()],
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 

@@ -15,8 +15,8 @@ Algorithm 1, per parameter tensor of ``d`` elements::
     w <- w - lr^ u^;  w <- w - lr^ wd w                       # add_decayed_weights_after_step
 
 The mask transforms read the raw gradient from ``ctx.grads``, so they apply to *any* base
-update: ``chain(<any direction>, scale_by_cautious(), add_decayed_weights(),
-scale_by_learning_rate())`` is the cautious version of that optimizer, and
+update: ``chain(<any direction>, scale_by_cautious(), apply_decayed_update())`` is the
+cautious version of that optimizer, and
 ``scale_by_grams()`` its "Grams" version (``sign(g) * |u|``).
 
 The per-tensor factor ``d / (||phi||_1 + ||psi||_1)`` is folded into the update (so
@@ -32,16 +32,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..core import ops
 from ..core import validation as V
-from ..core.optimizer import ChainedOptimizer
 from ..core.transform import ELEMENT, TENSOR, Chain, StepContext, Transform, state_like
-from .common import ScaleByAdam
+from .common import AddDecayedWeights, ApplyUpdate, ScaleByAdam, ScaleByLearningRate
+
+if TYPE_CHECKING:  # the masks change an optimizer's chain; they never run its step
+    from ..core.optimizer import ChainedOptimizer
 
 __all__ = [
     "AddDecayedWeightsAfterStep",
@@ -253,7 +255,7 @@ class ScaleByAms(Transform):
                     u.abs_().mul_(g.sign())
             return out
         # x = -1[u*s < 0] as clamp_max(sign(u*s), 0): one temporary, two in-place passes.
-        if ctx.spares is not None:  # CPU pieces: a buffer a later piece reuses
+        if ctx.workspace.pooled:  # CPU pieces: a buffer a later piece reuses
             x = [torch.mul(u, g, out=ctx.take(u)) for u, g in zip(out, s)]
         else:
             x = list(torch._foreach_mul(out, s)) if f else [u * g for u, g in zip(out, s)]
@@ -425,15 +427,13 @@ def add_decayed_weights_after_step() -> AddDecayedWeightsAfterStep:
 
 
 def _insert_mask(optimizer: ChainedOptimizer, mask: Transform) -> ChainedOptimizer:
-    from .common import AddDecayedWeights, ScaleByLearningRate
-
     if any(len(s) for s in optimizer.state.values()):
         raise RuntimeError("insert the mask before the first step (the optimizer already has state)")
     ts = list(optimizer.transform.children()) if isinstance(optimizer.transform, Chain) else [optimizer.transform]
-    tail = (AddDecayedWeights, ScaleByLearningRate, AddDecayedWeightsAfterStep, AmsDecayBeforeLr)
+    tail = (AddDecayedWeights, ScaleByLearningRate, AddDecayedWeightsAfterStep, AmsDecayBeforeLr, ApplyUpdate)
     at = next((i for i, t in enumerate(ts) if isinstance(t, tail)), None)
     if at is None:
-        raise ValueError(f"{type(optimizer).__name__}'s chain has no add_decayed_weights/scale_by_learning_rate "
+        raise ValueError(f"{type(optimizer).__name__}'s chain has no weight decay, learning rate or final apply "
                          "to put the mask in front of")
     optimizer.transform = Chain(*ts[:at], mask, *ts[at:])
     for group in optimizer.param_groups:

@@ -1,14 +1,18 @@
-"""Transforms shared by every family: Adam's moments, sign, RMS clipping, weight decay, lr.
+"""Transforms shared by every family: Adam's moments, sign, RMS clipping, weight decay, lr,
+and the final update of the parameters.
 
 Naming follows optax: ``scale_by_<idea>`` changes the direction, ``add_decayed_weights``
-adds ``weight_decay * param``, and ``scale_by_learning_rate`` comes last and multiplies by
-``-lr``. A whole AdamW is therefore::
+adds ``weight_decay * param``, ``scale_by_learning_rate`` multiplies by ``-lr``, and
+``apply_*`` transforms come last and write the parameters. A whole AdamW is therefore::
 
-    chain(scale_by_adam(), add_decayed_weights(), scale_by_learning_rate())
+    chain(scale_by_adam(), apply_decayed_update())
 
-which computes ``p <- p - lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p)`` (Loshchilov
+which computes ``p <- p (1 - lr * weight_decay) - lr * mhat / (sqrt(vhat) + eps)`` (Loshchilov
 and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019; Kingma and Ba, "Adam",
-ICLR 2015), equal to ``torch.optim.AdamW`` (tested).
+ICLR 2015), equal to ``torch.optim.AdamW`` (tested). The same rule written as
+``chain(scale_by_adam(), add_decayed_weights(), scale_by_learning_rate())`` (the updates
+then added to the parameters) gives the same values up to rounding, with two more passes
+over memory.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from ..core.transform import ELEMENT, TENSOR, StepContext, Transform, bias_corre
 
 __all__ = [
     "AddDecayedWeights",
+    "ApplyUpdate",
     "ClipByRms",
     "ScaleByAdam",
     "ScaleByEma",
     "ScaleByLearningRate",
     "ScaleBySign",
     "add_decayed_weights",
+    "apply_decayed_update",
+    "apply_update",
     "clip_by_rms",
     "rms_clip_",
     "scale_by_adam",
@@ -91,7 +98,7 @@ class ScaleByAdam(Transform):
             v = vmax
         bc1 = bias_correction(b1, ctx.steps)
         sbc2 = [math.sqrt(b) if not isinstance(b, Tensor) else b.sqrt() for b in bias_correction(b2, ctx.steps)]
-        pooled = ctx.spares is not None  # CPU pieces: one reusable buffer for denominator and ratio
+        pooled = ctx.workspace.pooled  # CPU pieces: one reusable buffer for denominator and ratio
         denom = [torch.sqrt(x, out=ctx.take(x)) for x in v] if pooled else ops.sqrt(v, f)
         # One Python scalar when every parameter has the same step count (the usual case):
         # a single-scalar kernel instead of a scalar-list one.
@@ -278,6 +285,57 @@ class ScaleByLearningRate(Transform):
 
     def __repr__(self) -> str:
         return "scale_by_learning_rate()"
+
+
+class ApplyUpdate(Transform):
+    """The last transform of a chain: write the update into the parameters.
+
+    ``decay=True`` (:func:`apply_decayed_update`), decoupled weight decay in AdamW's form::
+
+        p <- p (1 - lr * weight_decay) - lr * u
+
+    the same as ``p <- p - lr (u + weight_decay p)`` (``add_decayed_weights()`` then
+    ``scale_by_learning_rate()``) with two fewer passes over memory. ``decay=False``
+    (:func:`apply_update`): ``p <- p - lr * u``. Reads ``lr`` (a float or a 0-d tensor) and,
+    with ``decay``, ``weight_decay`` (no work when it is 0). Returns no updates.
+    """
+
+    splits = ELEMENT
+    applies = True
+
+    def __init__(self, decay: bool = True) -> None:
+        self.decay = decay
+        self.hyperparams = ("lr", "weight_decay") if decay else ("lr",)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        V.check_lr(group["lr"])
+        if self.decay:
+            V.check_weight_decay(group["weight_decay"])
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        params, f, lr = ctx.params, ctx.foreach, ctx.group["lr"]
+        if self.decay:
+            wd = ctx.group["weight_decay"]
+            if isinstance(wd, Tensor) or wd != 0:
+                ops.mul_(params, 1.0 - lr * wd, f)
+        if isinstance(lr, Tensor):
+            ops.add_(params, ops.mul_(ctx.writable(updates), -lr, f), f)
+        else:
+            ops.add_(params, updates, f, alpha=-lr)
+        return []
+
+    def __repr__(self) -> str:
+        return "apply_decayed_update()" if self.decay else "apply_update()"
+
+
+def apply_decayed_update() -> ApplyUpdate:
+    """``p <- p (1 - lr * weight_decay) - lr * u``, last in a chain; see :class:`ApplyUpdate`."""
+    return ApplyUpdate(decay=True)
+
+
+def apply_update() -> ApplyUpdate:
+    """``p <- p - lr * u``, last in a chain; see :class:`ApplyUpdate`."""
+    return ApplyUpdate(decay=False)
 
 
 def scale_by_adam(amsgrad: bool = False) -> ScaleByAdam:
