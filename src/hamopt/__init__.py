@@ -13,7 +13,7 @@ optimizers (:mod:`hamopt.optim`, one module per paper family), the registry
 ``hamopt`` command line tool (:mod:`hamopt.cli`).
 """
 
-from . import transforms
+from . import fast, transforms  # fast: registers the fast paths of the transforms
 from .core import Chain, ChainedOptimizer, StepContext, Transform, chain, compile_step
 from .memory import expected_state_bytes, state_bytes
 from .optim import *  # noqa: F403
@@ -33,6 +33,7 @@ __all__ = [
     "compile_step",
     "create",
     "expected_state_bytes",
+    "fast",
     "get",
     "list_optimizers",
     "register",

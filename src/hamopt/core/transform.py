@@ -46,9 +46,10 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,8 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["BUCKET", "Chain", "ELEMENT", "StepContext", "TENSOR", "Transform", "Workspace", "chain"]
+__all__ = ["BUCKET", "Chain", "ELEMENT", "FastPath", "StepContext", "TENSOR", "Transform", "Workspace", "chain",
+           "fast_paths", "reference_only", "register_fast_path"]
 
 #: Granularities (:meth:`Transform.granularity`), finest first.
 ELEMENT = "element"
@@ -172,6 +174,64 @@ class StepContext:
         return dataclasses.replace(self, params=params, grads=grads, leaves=None, _owned=None)
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """A faster implementation of a transform's rule (:mod:`hamopt.fast` holds them).
+
+    The transform's own :meth:`~Transform.update` is the reference, written to be read; a
+    fast path computes the same rule with batched, blocked or pooled work where ``applies``
+    says it may (e.g. only on CPU pieces, whose workspace pools buffers). It must leave the
+    same parameters and state as the reference (a generated test compares every fast path
+    with its reference in float64).
+
+    Attributes:
+        reference: the transform class whose rule it implements (subclasses that do not
+            override ``update`` are covered too).
+        name: a short name for listings and test ids.
+        applies: ``applies(transform, ctx)``: whether it may run for this call.
+        update: ``update(transform, ctx, updates) -> updates``, the rule.
+    """
+
+    reference: type[Transform]
+    name: str
+    applies: Callable[[Transform, StepContext], bool]
+    update: Callable[[Transform, StepContext, list[Tensor]], list[Tensor]]
+
+
+_FAST: dict[type, list[FastPath]] = {}
+_FAST_ON = [True]
+
+
+def register_fast_path(path: FastPath) -> FastPath:
+    """Make :meth:`Transform.run` use ``path`` for its reference transform where it applies."""
+    _FAST.setdefault(path.reference, []).append(path)
+    return path
+
+
+def fast_paths() -> list[FastPath]:
+    """Every registered fast path."""
+    return [fp for paths in _FAST.values() for fp in paths]
+
+
+@contextlib.contextmanager
+def reference_only() -> Iterator[None]:
+    """Within this block every transform runs its reference ``update`` (no fast paths)."""
+    _FAST_ON.append(False)
+    try:
+        yield
+    finally:
+        _FAST_ON.pop()
+
+
+def _fast_path(t: Transform, ctx: StepContext) -> FastPath | None:
+    own = type(t).update
+    for cls in type(t).__mro__:
+        for fp in _FAST.get(cls, ()):
+            if own is fp.reference.update and fp.applies(t, ctx):
+                return fp
+    return None
+
+
 class Transform:
     """Base class of a gradient transform. Subclasses override what they need.
 
@@ -229,8 +289,17 @@ class Transform:
         """Create this transform's state for ``param`` (a tensor in the state dtype)."""
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        """Return the transformed updates."""
+        """Return the transformed updates: the rule, written to be read (the reference)."""
         return updates
+
+    def run(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        """Run the rule: a registered :class:`FastPath` that applies to ``ctx``, else
+        :meth:`update`. Chains and wrappers call their members through this."""
+        if _FAST and _FAST_ON[-1]:
+            fp = _fast_path(self, ctx)
+            if fp is not None:
+                return fp.update(self, ctx, updates)
+        return self.update(ctx, updates)
 
     def children(self) -> Sequence[Transform]:
         """Inner transforms (for chains and wrappers)."""
@@ -289,7 +358,7 @@ class Chain(Transform):
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         for t in self.transforms:
-            updates = t.update(ctx, updates)
+            updates = t.run(ctx, updates)
         return updates
 
     def children(self) -> Sequence[Transform]:

@@ -419,7 +419,7 @@ class ScaleBySvdRotation(Transform):
         sub = ctx.seen_as(mats, rot_g)
         if all_active and not same:
             sub.fresh(rot_u)  # every tensor was allocated here and aliases nothing else
-        inner_out = self.inner.update(sub, rot_u)
+        inner_out = self.inner.run(sub, rot_u)
         inner_owned = sub._owned is inner_out
 
         out = list(inner_out)

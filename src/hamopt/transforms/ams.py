@@ -31,7 +31,7 @@ place an all-reduce over shards will be needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -238,6 +238,12 @@ class ScaleByAms(Transform):
         return buf
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        return self.masked(ctx, updates)
+
+    def masked(self, ctx: StepContext, updates: list[Tensor],
+               products: Callable[[list[Tensor], list[Tensor]], list[Tensor]] | None = None) -> list[Tensor]:
+        """The rule, with ``products(u, s)`` giving fresh tensors ``u * s`` (a fast path may
+        put them in pooled buffers)."""
         lam = self._lam(ctx.group)
         s = self._signal(ctx)
         f = ctx.foreach
@@ -255,8 +261,8 @@ class ScaleByAms(Transform):
                     u.abs_().mul_(g.sign())
             return out
         # x = -1[u*s < 0] as clamp_max(sign(u*s), 0): one temporary, two in-place passes.
-        if ctx.workspace.pooled:  # CPU pieces: a buffer a later piece reuses
-            x = [torch.mul(u, g, out=ctx.take(u)) for u, g in zip(out, s)]
+        if products is not None:
+            x = products(out, s)
         else:
             x = list(torch._foreach_mul(out, s)) if f else [u * g for u, g in zip(out, s)]
         ops.sign_(x, f)

@@ -83,10 +83,10 @@ class ScaleByAdam(Transform):
         for k in self.state_keys:
             state[k] = state_like(param, group)
 
-    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        betas = ctx.group["betas"]
-        b1, b2 = betas[0], betas[1]
-        eps = ctx.group["eps"]
+    def moments(self, ctx: StepContext, updates: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Any]]:
+        """Update ``m`` and ``v`` (``vmax`` with amsgrad) in place; return ``m``, the ``v`` to
+        divide by, and ``sqrt(1 - b2^t)`` per parameter."""
+        b1, b2 = ctx.group["betas"][0], ctx.group["betas"][1]
         f = ctx.foreach
         m, v = ctx.state("exp_avg"), ctx.state("exp_avg_sq")
         ops.lerp_(m, updates, 1.0 - b1, f)
@@ -96,18 +96,22 @@ class ScaleByAdam(Transform):
             vmax = ctx.state("max_exp_avg_sq")
             ops.maximum_(vmax, v, f)
             v = vmax
-        bc1 = bias_correction(b1, ctx.steps)
-        sbc2 = [math.sqrt(b) if not isinstance(b, Tensor) else b.sqrt() for b in bias_correction(b2, ctx.steps)]
-        pooled = ctx.workspace.pooled  # CPU pieces: one reusable buffer for denominator and ratio
-        denom = [torch.sqrt(x, out=ctx.take(x)) for x in v] if pooled else ops.sqrt(v, f)
+        return m, v, [math.sqrt(b) if not isinstance(b, Tensor) else b.sqrt() for b in bias_correction(b2, ctx.steps)]
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        m, v, sbc2 = self.moments(ctx, updates)
+        f = ctx.foreach
+        denom = ops.sqrt(v, f)
         # One Python scalar when every parameter has the same step count (the usual case):
         # a single-scalar kernel instead of a scalar-list one.
-        ops.add_(denom, ops.uniform([eps * s for s in sbc2]), f)
-        if pooled:
-            out = [torch.div(a, d, out=d) for a, d in zip(m, denom)]
-        else:
-            out = list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
-        return ctx.fresh(self._scale(ctx, out, ops.uniform([s / b for s, b in zip(sbc2, bc1)])))
+        ops.add_(denom, ops.uniform([ctx.group["eps"] * s for s in sbc2]), f)
+        out = list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
+        return ctx.fresh(self._scale(ctx, out, self.final_scale(ctx, sbc2)))
+
+    def final_scale(self, ctx: StepContext, sbc2: list[Any]) -> Any:
+        """``sqrt(1-b2^t) / (1-b1^t)`` per parameter (one number when all are equal)."""
+        bc1 = bias_correction(ctx.group["betas"][0], ctx.steps)
+        return ops.uniform([s / b for s, b in zip(sbc2, bc1)])
 
     def _scale(self, ctx: StepContext, out: list[Tensor], k: Any) -> list[Tensor]:
         """Apply the positive per-parameter scalar ``k = sqrt(1-b2^t) / (1-b1^t)``

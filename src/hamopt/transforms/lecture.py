@@ -256,7 +256,7 @@ class ScaleByDiffGrad(Transform):
         prev = ctx.state("previous_grad")
         xi = _abs_sigmoid_(_sub(prev, updates, ctx.foreach), ctx.foreach)
         ops.copy_(prev, updates, ctx.foreach)
-        out = self._adam.update(ctx, updates)  # fresh
+        out = self._adam.run(ctx, updates)  # fresh
         return ops.mul_(out, xi, ctx.foreach)
 
     def __repr__(self) -> str:

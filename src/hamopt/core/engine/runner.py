@@ -52,7 +52,7 @@ def compute_dtype(group: Mapping[str, Any], dtype: torch.dtype) -> torch.dtype:
 def apply_chain(transform: Transform, ctx: StepContext) -> None:
     """Run ``transform`` on ``ctx``; unless it applies the update itself, add its result to
     ``ctx.params`` (``p += update``)."""
-    updates = transform.update(ctx, ctx.grads)
+    updates = transform.run(ctx, ctx.grads)
     if not transform.applies:
         ops.add_(ctx.params, updates, ctx.foreach)
 

@@ -1,0 +1,18 @@
+"""Fast implementations of hamopt's transforms, each beside the rule it implements.
+
+A transform's ``update`` is the reference: the paper's rule, written to be read. The
+modules here register :class:`~hamopt.core.transform.FastPath` objects that compute the
+same rule faster where they apply (batched, blocked, or with buffers from the step's pool on
+CPU pieces); :meth:`~hamopt.core.transform.Transform.run` picks them automatically, and
+:func:`~hamopt.core.transform.reference_only` turns them off. Each module names the
+reference it implements; ``tests/test_fast_paths.py`` compares every registered fast path
+with its reference over many steps, parameters and every state tensor.
+
+- :mod:`.adam`  ``ScaleByAdam`` with its denominator and ratio in pooled buffers (CPU pieces)
+- :mod:`.ams`   ``ScaleByAms``'s mask temporary in a pooled buffer (CPU pieces)
+"""
+
+from ..core.transform import fast_paths, reference_only
+from . import adam, ams
+
+__all__ = ["adam", "ams", "fast_paths", "reference_only"]

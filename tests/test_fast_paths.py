@@ -1,0 +1,98 @@
+"""Every fast path equals the reference rule it implements (STYLE.md habit 3).
+
+Generated from the registry of fast paths (:func:`hamopt.fast.fast_paths`) and the optimizer
+registry: for each fast path, every registered optimizer whose chain holds a transform the
+path implements is run twice in float64 on CPU pieces (where the pooled paths apply), once
+as it runs by default and once with :func:`hamopt.fast.reference_only`, and the parameters
+and every state tensor are compared after many steps. The fast path must actually have run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import hamopt
+from hamopt.core import transform as T
+from hamopt.fast import fast_paths, reference_only
+
+
+def _members(t: T.Transform) -> list[T.Transform]:
+    out = [t]
+    for c in t.children():
+        out += _members(c)
+    return out
+
+
+def _cases() -> list[tuple[T.FastPath, str]]:
+    p = [torch.nn.Parameter(torch.zeros(2, 3))]
+    cases = []
+    for fp in fast_paths():
+        for name in hamopt.list_optimizers():
+            opt = hamopt.create(name, p)
+            chain = getattr(opt, "transform", None)
+            if chain is None:
+                continue
+            if any(isinstance(m, fp.reference) and type(m).update is fp.reference.update for m in _members(chain)):
+                cases.append((fp, name))
+    return cases
+
+
+CASES = _cases()
+
+
+def test_every_fast_path_is_exercised_by_some_optimizer() -> None:
+    assert {fp.name for fp in fast_paths()} == {fp.name for fp, _ in CASES}
+    assert len(fast_paths()) >= 2
+
+
+@pytest.mark.parametrize("fp, name", CASES, ids=[f"{fp.name}-{n}" for fp, n in CASES])
+def test_fast_path_equals_its_reference(fp: T.FastPath, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    counted = dataclasses.replace(fp, update=lambda t, ctx, u: (calls.append(1), fp.update(t, ctx, u))[1])
+    monkeypatch.setitem(T._FAST, fp.reference, [counted if x is fp else x for x in T._FAST[fp.reference]])
+    info = hamopt.get(name)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(40, 30), (30, 40), (70,), (), (4, 3, 5)]
+    init = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    kw = {**info.test_kwargs, "weight_decay": 0.05} if "weight_decay" in info.defaults else dict(info.test_kwargs)
+    runs = []
+    for reference in (False, True):
+        ps = [torch.nn.Parameter(x.clone()) for x in init]
+        opt = hamopt.create(name, ps, lr=1e-2, **kw)
+        opt.cpu_chunk_numel = 500
+        gg = torch.Generator().manual_seed(1)
+        for _ in range(25):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gg, dtype=torch.float64)
+            if reference:
+                with reference_only():
+                    opt.step()
+            else:
+                opt.step()
+        runs.append((ps, opt))
+        if not reference:
+            assert calls, f"{fp.name} never ran for {name}"
+            n = len(calls)
+    assert len(calls) == n  # none while reference_only
+    (ps0, o0), (ps1, o1) = runs
+    for a, b in zip(ps0, ps1):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+        assert o0.state[a].keys() == o1.state[b].keys()
+        for k, v in o0.state[a].items():
+            torch.testing.assert_close(v, o1.state[b][k], rtol=1e-13, atol=1e-15, msg=k)
+
+
+def test_a_subclass_that_rewrites_update_does_not_get_its_parents_fast_path() -> None:
+    from hamopt.transforms import ScaleByAdam
+
+    class Mine(ScaleByAdam):
+        def update(self, ctx, updates):  # type: ignore[no-untyped-def]
+            return updates
+
+    ctx = T.StepContext(group={}, params=[], grads=[], states=[], steps=[], foreach=True,
+                        workspace=__import__("hamopt.core.engine.pieces", fromlist=["StepPool"]).StepPool({}))
+    assert T._fast_path(Mine(), ctx) is None
+    assert T._fast_path(ScaleByAdam(), ctx) is not None
