@@ -12,14 +12,11 @@ Registry names: ``adadiag``, ``adadiag++``, ``adafacdiag``, ``adafacdiag++``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import chain
-from ..registry import OptimizerInfo, matrix_dims, numel, register
-from ..transforms.adadiag import rotation_mode, scale_by_svd_rotation
+from ..transforms.adadiag import scale_by_svd_rotation
 from ..transforms.common import apply_decayed_update, scale_by_adam, scale_by_ema
 from ..transforms.factored import scale_by_clipped_factored_rms
 
@@ -181,90 +178,3 @@ class AdafacDiag(ChainedOptimizer):
             foreach=foreach,
             state_dtype=state_dtype,
         )
-
-
-# ---------------------------------------------------------------------- registry
-def basis_numel(shape: tuple[int, ...], two_sided: bool, max_precond_dim: int = 10000) -> int:
-    """Elements of the rotation bases kept for a parameter of ``shape`` (fallbacks included)."""
-    left, right = rotation_mode(shape, two_sided, max_precond_dim)
-    dims = matrix_dims(shape)
-    if dims is None:
-        return 0
-    m, n = dims
-    return (m * m if left else 0) + (n * n if right else 0)
-
-
-def _adadiag_numel(two_sided: bool) -> Callable[[tuple[int, ...]], int]:
-    return lambda shape: basis_numel(shape, two_sided) + 2 * numel(shape)
-
-
-def _factored_numel(shape: tuple[int, ...]) -> int:
-    dims = matrix_dims(shape)
-    return numel(shape) if dims is None else dims[0] + dims[1]
-
-
-def _adafacdiag_numel(two_sided: bool) -> Callable[[tuple[int, ...]], int]:
-    # registry defaults: betas[0] = 0, no momentum buffer (with momentum add numel(shape))
-    return lambda shape: basis_numel(shape, two_sided) + _factored_numel(shape)
-
-
-_TEST_KWARGS = dict(svd_interval=3)
-
-register(OptimizerInfo(
-    name="adadiag",
-    factory=AdaDiag,
-    paper=PAPER + ", Algorithm 1 (one-sided)",
-    family="adadiag",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, svd_interval=500,
-                  two_sided=False, first_svd_step=None, basis_method="eigh"),
-    memory="m^2 + 2mn (m the smaller side; vectors: 2n)",
-    state_numel=_adadiag_numel(False),
-    summary="Adam in the one-sided basis of a periodic SVD of the gradient",
-    needs_svd=True,
-    test_lr=0.05,
-    test_kwargs=_TEST_KWARGS,
-))
-register(OptimizerInfo(
-    name="adadiag++",
-    factory=AdaDiag,
-    paper=PAPER + ", Algorithm 1 (two-sided)",
-    family="adadiag",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, svd_interval=500,
-                  two_sided=True, first_svd_step=None, basis_method="eigh"),
-    memory="(m+n)^2 (side > 10000: one-sided m^2 + 2mn; vectors: 2n)",
-    state_numel=_adadiag_numel(True),
-    summary="Adam in the two-sided basis P^T G Q of a periodic SVD of the gradient",
-    needs_svd=True,
-    test_lr=0.05,
-    test_kwargs=_TEST_KWARGS,
-))
-register(OptimizerInfo(
-    name="adafacdiag",
-    factory=AdafacDiag,
-    paper=PAPER + ", Appendix A, Algorithm 3 (one-sided)",
-    family="adadiag",
-    defaults=dict(lr=1e-3, betas=(0.0, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0,
-                  svd_interval=500, two_sided=False, first_svd_step=None, basis_method="eigh"),
-    memory="m^2 + m + n (with momentum betas[0] > 0: m^2 + mn + m + n; vectors: n)",
-    state_numel=_adafacdiag_numel(False),
-    summary="Adafactor in the one-sided basis of a periodic SVD of the gradient",
-    factored=True,
-    needs_svd=True,
-    test_lr=0.05,
-    test_kwargs=_TEST_KWARGS,
-))
-register(OptimizerInfo(
-    name="adafacdiag++",
-    factory=AdafacDiag,
-    paper=PAPER + ", Appendix A, Algorithm 3 (two-sided)",
-    family="adadiag",
-    defaults=dict(lr=1e-3, betas=(0.0, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0,
-                  svd_interval=500, two_sided=True, first_svd_step=None, basis_method="eigh"),
-    memory="m^2 + n^2 + m + n (with momentum: + mn; side > 10000: one-sided; vectors: n)",
-    state_numel=_adafacdiag_numel(True),
-    summary="Adafactor in the two-sided basis P^T G Q of a periodic SVD of the gradient",
-    factored=True,
-    needs_svd=True,
-    test_lr=0.05,
-    test_kwargs=_TEST_KWARGS,
-))

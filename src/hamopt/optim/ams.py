@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import torch
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
-from ..registry import OptimizerInfo, numel, register
 from ..transforms.ams import (
     ScaleByAdamMoments,
     ams_decay_before_lr,
@@ -182,43 +181,3 @@ class CLion(ChainedOptimizer):
             [ScaleByLionK(L1Kernel()), scale_by_cautious(), apply_decayed_update()],
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
-
-
-def _adam_like(shape: tuple[int, ...]) -> int:
-    return 2 * numel(shape)
-
-
-def _one(shape: tuple[int, ...]) -> int:
-    return numel(shape)
-
-
-register(OptimizerInfo(
-    name="ams", factory=AMS, paper=f"{PAPER}, Algorithm 1", family="ams",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999, 0.0), eps=1e-8, weight_decay=0.0, misaligned_scale=-1.0),
-    memory="2mn (3mn with betas[2] > 0)", state_numel=_adam_like,
-    summary="Adaptive Momentum Scaling: Adam direction, sign-tracked mask (phi + lam psi), rescaled lr",
-    test_lr=0.05, test_kwargs=dict(misaligned_scale=-0.5, betas=(0.9, 0.999, 0.0)),
-    bad_inputs=[(dict(misaligned_scale=float("nan")), "Invalid misaligned_scale: nan"),
-                (dict(betas=(0.9, 0.999, 1.0)), "Invalid beta parameter at index 2: 1.0")],
-))
-register(OptimizerInfo(
-    name="grams", factory=Grams, paper=f"{PAPER}, Definition 5.1 / Corollary B.3", family="ams",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-    memory="2mn", state_numel=_adam_like,
-    summary="Grams: sign of the gradient times the magnitude of Adam's update",
-    test_lr=0.05,
-))
-register(OptimizerInfo(
-    name="cadamw", factory=CAdamW, paper=f"{PAPER}, Corollary B.2; {CAUTIOUS}", family="ams",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-    memory="2mn", state_numel=_adam_like,
-    summary="Cautious AdamW: Adam's update masked where it disagrees with the gradient, rescaled",
-    test_lr=0.05,
-))
-register(OptimizerInfo(
-    name="clion", factory=CLion, paper=f"{PAPER}, Definition 3.2; {CAUTIOUS}", family="ams",
-    defaults=dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
-    memory="mn", state_numel=_one, sign_based=True,
-    summary="Cautious Lion: Lion's sign update masked where it disagrees with the gradient, rescaled",
-    test_lr=0.01,
-))

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 
 from ..core import validation as V
-from ..registry import OptimizerInfo, numel, register
 
-__all__: list[str] = []
+__all__ = ["torch_optimizer"]
 
 LECTURE = "Lecture on optimizers for deep learning (seed 002_499076b5b4a9af2b)"
 
@@ -81,7 +80,7 @@ def _make_adafactor_cls() -> type[torch.optim.Optimizer] | None:
 _CLASSES: dict[str, Any] = {"Adafactor": _make_adafactor_cls()}
 
 
-def _torch_factory(cls_name: str, **fixed: Any) -> Callable[..., torch.optim.Optimizer]:
+def torch_optimizer(cls_name: str, **fixed: Any) -> Callable[..., torch.optim.Optimizer]:
     """A factory that validates like hamopt, then builds ``torch.optim.<cls_name>``.
 
     Prefers ``fused=True`` when torch has a fused kernel for every parameter's device and
@@ -117,101 +116,3 @@ def _torch_factory(cls_name: str, **fixed: Any) -> Callable[..., torch.optim.Opt
     factory.__qualname__ = factory.__name__
     factory.__doc__ = f"Build ``torch.optim.{cls_name}`` with hamopt's validation."
     return factory
-
-
-def _full(k: int) -> Callable[[tuple[int, ...]], int]:
-    return lambda shape: k * numel(shape)
-
-
-def _torch_adafactor_numel(shape: tuple[int, ...]) -> int:
-    # torch.optim.Adafactor factors the last two dims: row_var drops the last, col_var the
-    # second to last; tensors with fewer than 2 dims keep a full variance. Zero-size
-    # parameters are skipped (see Adafactor above) and keep no state at all.
-    if numel(shape) == 0:
-        return 0
-    if len(shape) < 2:
-        return numel(shape)
-    row = list(shape)
-    row[-1] = 1
-    col = list(shape)
-    col[-2] = 1
-    return numel(tuple(row)) + numel(tuple(col))
-
-
-def _reg(
-    name: str,
-    cls_name: str,
-    summary: str,
-    paper: str,
-    defaults: dict[str, Any],
-    memory: str,
-    state_numel: Callable[[tuple[int, ...]], int],
-    scalar_bytes: int = 4,
-    **extra: Any,
-) -> None:
-    fixed = extra.pop("fixed", {})
-    register(
-        OptimizerInfo(
-            name=name,
-            factory=_torch_factory(cls_name, **fixed),
-            paper=paper,
-            family="classic",
-            defaults=defaults,
-            memory=memory,
-            state_numel=state_numel,
-            scalar_bytes=scalar_bytes,
-            summary=summary,
-            **extra,
-        )
-    )
-
-
-_reg("sgd", "SGD", "plain (mini-batch) stochastic gradient descent; torch.optim.SGD",
-     f"Robbins and Monro 1951; {LECTURE}", dict(lr=1e-2, momentum=0.0, weight_decay=0.0),
-     "0", lambda s: 0, scalar_bytes=0, test_lr=0.01)
-_reg("momentum", "SGD", "heavy-ball momentum v = gamma v + g; torch.optim.SGD(momentum=0.9)",
-     f"Polyak 1964; {LECTURE}", dict(lr=1e-2, momentum=0.9, weight_decay=0.0),
-     "mn", _full(1), scalar_bytes=0, test_lr=0.002)
-_reg("nesterov", "SGD", "Nesterov accelerated gradient; torch.optim.SGD(nesterov=True)",
-     f"Nesterov 1983; Sutskever et al. 2013; {LECTURE}",
-     dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.0),
-     "mn", _full(1), scalar_bytes=0, test_lr=0.002)
-_reg("adagrad", "Adagrad", "per-coordinate lr from the sum of squared gradients; torch.optim.Adagrad",
-     f"Duchi, Hazan and Singer, JMLR 2011; {LECTURE}", dict(lr=1e-2, eps=1e-10, weight_decay=0.0),
-     "mn", _full(1), test_lr=0.5)
-_reg("adadelta", "Adadelta", "Adagrad without a global lr (RMS of updates over RMS of grads); torch.optim.Adadelta",
-     f"Zeiler 2012, arXiv:1212.5701; {LECTURE}", dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0),
-     "2mn", _full(2), test_lr=1.0)
-_reg("rmsprop", "RMSprop", "EMA of squared gradients as the denominator; torch.optim.RMSprop",
-     f"Tieleman and Hinton 2012 (Coursera lecture 6.5); {LECTURE}",
-     dict(lr=1e-3, alpha=0.99, eps=1e-8, weight_decay=0.0),
-     "mn", _full(1), test_lr=0.01)
-_reg("adam", "Adam", "Adam with bias correction; torch.optim.Adam (fused)",
-     f"Kingma and Ba, ICLR 2015, arXiv:1412.6980; {LECTURE}",
-     dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-     "2mn", _full(2), test_lr=0.05)
-_reg("adamw", "AdamW", "Adam with decoupled weight decay; torch.optim.AdamW (fused)",
-     f"Loshchilov and Hutter, ICLR 2019, arXiv:1711.05101; {LECTURE}",
-     dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
-     "2mn", _full(2), test_lr=0.05)
-_reg("adamax", "Adamax", "Adam with the infinity norm; torch.optim.Adamax",
-     f"Kingma and Ba, ICLR 2015, section 7; {LECTURE}",
-     dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-     "2mn", _full(2), test_lr=0.05)
-_reg("nadam", "NAdam", "Adam with Nesterov momentum; torch.optim.NAdam",
-     f"Dozat, ICLR 2016 workshop; {LECTURE}",
-     dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-     "2mn", _full(2), scalar_bytes=8, test_lr=0.05)
-_reg("radam", "RAdam", "Adam with a rectified variance warm-up; torch.optim.RAdam",
-     f"Liu et al., ICLR 2020, arXiv:1908.03265; {LECTURE}",
-     dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-     "2mn", _full(2), test_lr=0.05)
-_reg("amsgrad", "Adam", "Adam with the running maximum of v; torch.optim.Adam(amsgrad=True)",
-     f"Reddi, Kale and Kumar, ICLR 2018; {LECTURE}",
-     dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-     "3mn", _full(3), test_lr=0.05, fixed=dict(amsgrad=True))
-_reg("adafactor", "Adafactor", "factored second moment, relative step; torch.optim.Adafactor",
-     f"Shazeer and Stern, ICML 2018, arXiv:1804.04235; {LECTURE}",
-     dict(lr=1e-2, weight_decay=0.0), "m+n", _torch_adafactor_numel, factored=True, test_lr=0.05,
-     scalar_bytes=lambda shape: 4 if numel(shape) else 0)
-

@@ -30,7 +30,6 @@ import torch
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import chain
-from ..registry import OptimizerInfo, matrix_dims, numel, register
 from ..transforms.common import apply_decayed_update, scale_by_ema
 from ..transforms.factored import (
     factored_momentum,
@@ -240,55 +239,3 @@ class AdamWVariant(ChainedOptimizer):
             chain(scale_by_rms(), scale_by_ema(corrected=True), apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
-
-
-# ---------------------------------------------------------------------------- registry
-Shape = tuple[int, ...]
-
-
-def _factored_or_full(shape: Shape) -> int:
-    """``m + n`` for the ``dim0 x prod(rest)`` view of a 2+-dim shape, else ``numel``."""
-    md = matrix_dims(shape)
-    return numel(shape) if md is None else md[0] + md[1]
-
-
-def _adafactor_m_numel(shape: Shape) -> int:
-    return numel(shape) + _factored_or_full(shape)
-
-
-register(OptimizerInfo(
-    name="adafactor_m", factory=AdafactorM, paper=f"{PAPER}, Algorithm 1", family="hfac",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0),
-    memory="mn + m + n (m + n with betas[0] = 0; 2 numel for 0-d/1-d)", state_numel=_adafactor_m_numel,
-    summary="Adafactor with a first moment and bias-corrected decays; betas[0]=0 is Adafactor",
-    factored=True, test_lr=0.05,
-))
-register(OptimizerInfo(
-    name="signfsgd", factory=SignFSGD, paper=f"{PAPER}, Algorithm 2", family="hfac",
-    defaults=dict(lr=3e-4, beta=0.9, weight_decay=0.0, corrected=True),
-    memory="m + n (numel for 0-d/1-d)", state_numel=_factored_or_full,
-    summary="factored (row/column mean) momentum with corrected terms and the sign reshaper",
-    factored=True, sign_based=True, test_lr=0.01,
-    bad_inputs=(({"beta": 1.0}, "Invalid beta: 1.0"),),
-))
-register(OptimizerInfo(
-    name="lionfactor", factory=LionFactor, paper=f"{PAPER}, Appendix B, Algorithm 4", family="hfac",
-    defaults=dict(lr=3e-4, betas=(0.9, 0.99), weight_decay=0.0),
-    memory="m + n (numel for 0-d/1-d)", state_numel=_factored_or_full,
-    summary="signFSGD with Lion's double-beta scheme on factored momentum",
-    factored=True, sign_based=True, test_lr=0.01,
-))
-register(OptimizerInfo(
-    name="hfac", factory=HFac, paper=f"{PAPER}, Algorithm 3", family="hfac",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0, corrected=True),
-    memory="2(m + n) (2 numel for 0-d/1-d)", state_numel=lambda s: 2 * _factored_or_full(s),
-    summary="H-Fac: factored momentum and factored second moment, sublinear memory",
-    factored=True, test_lr=0.05,
-))
-register(OptimizerInfo(
-    name="adamw_variant", factory=AdamWVariant, paper=f"{PAPER}, Appendix C, Algorithm 6", family="hfac",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-    memory="2mn", state_numel=lambda s: 2 * numel(s),
-    summary="AdamW variant: EMA of G / (sqrt(V) + eps) as the update",
-    test_lr=0.05,
-))

@@ -34,7 +34,6 @@ from ..core import ops
 from ..core import validation as V
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import Transform, chain
-from ..registry import OptimizerInfo, create, numel, register
 from ..transforms.common import (
     add_decayed_weights,
     apply_decayed_update,
@@ -550,17 +549,6 @@ class Lookahead(torch.optim.Optimizer):
             self.state[p]["slow_param"] = st["slow_param"].to(device=p.device, copy=True)
 
 
-def _lookahead_factory(params: Any, base: str | type = "adamw", k: int = 5, alpha: float = 0.5,
-                       **base_kwargs: Any) -> Lookahead:
-    """``Lookahead(create(base, params, **base_kwargs), k, alpha)``; ``base`` is a registry name
-    or an optimizer class. Keyword arguments set to ``None`` are dropped, so the entry's AdamW
-    defaults can be switched off for another base: ``create("lookahead", ps, base="sgd",
-    betas=None, eps=None, lr=0.1)``."""
-    base_kwargs = {key: v for key, v in base_kwargs.items() if v is not None}
-    inner = create(base, params, **base_kwargs) if isinstance(base, str) else base(params, **base_kwargs)
-    return Lookahead(inner, k=k, alpha=alpha)
-
-
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -599,73 +587,3 @@ def with_centralization(optimizer: ChainedOptimizer) -> ChainedOptimizer:
         )
     optimizer.transform = chain(centralize(), optimizer.transform)
     return optimizer
-
-
-# ---------------------------------------------------------------------------- registry
-
-
-def _k(c: int) -> Callable[[tuple[int, ...]], int]:
-    return lambda shape: c * numel(shape)
-
-
-register(OptimizerInfo(
-    name="signsgd", factory=SignSGD,
-    paper=f"Bernstein, Wang, Azizzadenesheli and Anandkumar, signSGD, ICML 2018, arXiv:1802.04434; {LECTURE}",
-    family="lecture", defaults=dict(lr=1e-3, momentum=0.0, weight_decay=0.0),
-    memory="0 (mn with momentum > 0: Signum)", state_numel=lambda shape: 0,
-    summary="sign of the gradient; momentum > 0 gives Signum (sign of an EMA)",
-    sign_based=True, test_lr=0.01,
-    bad_inputs=[(dict(momentum=1.0), "Invalid momentum: 1.0")],
-))
-register(OptimizerInfo(
-    name="adamod", factory=AdaMod,
-    paper=f"Ding, Ren, Luo and Sun, An Adaptive and Momental Bound Method for Stochastic Learning, "
-          f"arXiv:1910.12249, Algorithm 1; {LECTURE}",
-    family="lecture", defaults=dict(lr=1e-3, betas=(0.9, 0.999, 0.999), eps=1e-8, weight_decay=0.0),
-    memory="3mn", state_numel=_k(3),
-    summary="Adam whose per-coordinate step is bounded by its own long-term average",
-    test_lr=0.1,
-))
-register(OptimizerInfo(
-    name="diffgrad", factory=DiffGrad,
-    paper=f"Dubey et al., diffGrad, IEEE TNNLS 2020, arXiv:1909.11015; {LECTURE}",
-    family="lecture", defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-    memory="3mn", state_numel=_k(3),
-    summary="Adam times sigmoid(|g_{t-1} - g_t|): slows down where the gradient stops changing",
-    test_lr=0.05,
-))
-register(OptimizerInfo(
-    name="lookahead", factory=_lookahead_factory,
-    paper=f"Zhang, Lucas, Hinton and Ba, Lookahead Optimizer: k steps forward, 1 step back, NeurIPS 2019, "
-          f"arXiv:1907.08610; {LECTURE}",
-    family="lecture",
-    defaults=dict(base="adamw", k=5, alpha=0.5, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
-    memory="3mn (AdamW's 2mn + slow weights mn)", state_numel=_k(3),
-    summary="slow weights around any optimizer (here hamopt.create(base), default torch AdamW)",
-    test_lr=0.05,
-    bad_inputs=[(dict(k=0), "Invalid k: 0"), (dict(alpha=1.5), "Invalid alpha: 1.5")],
-))
-register(OptimizerInfo(
-    name="ranger", factory=Ranger,
-    paper=f"Wright, Ranger (2019/2020) = RAdam (Liu et al., ICLR 2020) + Lookahead (Zhang et al., NeurIPS 2019) "
-          f"+ gradient centralization (Yong et al., ECCV 2020); {LECTURE}",
-    family="lecture",
-    defaults=dict(lr=1e-3, betas=(0.95, 0.999), eps=1e-5, weight_decay=0.0, k=6, alpha=0.5, use_gc=True),
-    memory="3mn", state_numel=_k(3),
-    summary="RAdam + Lookahead (+ gradient centralization)",
-    test_lr=0.05,
-    bad_inputs=[(dict(k=0), "Invalid k: 0"), (dict(alpha=1.5), "Invalid alpha: 1.5")],
-))
-register(OptimizerInfo(
-    name="sophia", factory=Sophia,
-    paper=f"Liu, Li, Hall, Liang and Ma, Sophia: A Scalable Stochastic Second-order Optimizer for Language "
-          f"Model Pre-training, ICLR 2024, arXiv:2305.14342, Algorithm 3; {LECTURE}",
-    family="lecture",
-    defaults=dict(lr=1e-4, betas=(0.965, 0.99), gamma=0.01, eps=1e-12, weight_decay=0.1, k=10,
-                  estimator="hutchinson"),
-    memory="2mn", state_numel=_k(2),
-    summary="clipped momentum over a diagonal Hessian estimate (Hutchinson or GNB) refreshed every k steps",
-    needs_hessian=True, step_needs="graph", test_lr=0.05,
-    bad_inputs=[(dict(k=0), "Invalid k: 0"), (dict(gamma=0.0), "Invalid gamma: 0.0"),
-                (dict(estimator="newton"), "Invalid estimator: 'newton'")],
-))

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
-from ..registry import OptimizerInfo, numel, register
 from ..transforms.common import apply_decayed_update
 from ..transforms.lionk import Kernel, ScaleByLionK
 
@@ -96,30 +95,3 @@ class Lion(LionK):
     ) -> None:
         super().__init__(params, lr, betas, weight_decay, "l1",
                          maximize=maximize, foreach=foreach, state_dtype=state_dtype)
-
-
-def _one(shape: tuple[int, ...]) -> int:
-    return numel(shape)
-
-
-register(OptimizerInfo(
-    name="lionk", factory=LionK, paper=f"{PAPER}, equation (2), Table 2", family="lionk",
-    defaults=dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, kernel="l1", p=None, e=None, k=None),
-    memory="mn", state_numel=_one,
-    summary="Lion-K: Lion with sign replaced by gradK of a convex kernel (l1, lp, threshold, topk, huber, callable)",
-    test_lr=0.02, test_kwargs=dict(kernel="lp", p=2.0),
-    bad_inputs=[(dict(kernel="lp", p=None), "LionK kernel 'lp' needs p"),
-                (dict(kernel="lp", p=0.5), "Invalid p for kernel 'lp': 0.5"),
-                (dict(kernel="nope"), "Invalid kernel: 'nope'"),
-                (dict(kernel="topk", p=None, k=0), "Invalid k for kernel 'topk': 0"),
-                (dict(kernel="huber", p=None, e=-1.0), "Invalid e for kernel 'huber': -1.0"),
-                (dict(kernel="threshold", p=None), "LionK kernel 'threshold' needs e"),
-                (dict(kernel="l1", p=2.0), "LionK kernel 'l1' takes no p")],
-))
-register(OptimizerInfo(
-    name="lion", factory=Lion, paper=f"{LION}; {PAPER}", family="lionk",
-    defaults=dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
-    memory="mn", state_numel=_one, sign_based=True,
-    summary="Lion: sign of an interpolated momentum, decoupled weight decay (Lion-K with l1)",
-    test_lr=0.01,
-))
