@@ -4,7 +4,8 @@ The references below are written from ALGORITHMS.md section 1 / the seed's Algor
 and 6, one plain NumPy loop per algorithm, not from hamopt's transforms. Every test feeds the
 same random float64 gradients (independent of the parameters) to hamopt and to the reference
 for 50 steps and compares the parameters. Shapes: m < n, m > n, a 4-D tensor (factored as
-dim0 x prod(rest)), a 1-D tensor and a 0-d tensor (the documented unfactored fallbacks).
+dim0 x prod(rest)), a 1-D tensor and a 0-d tensor (the documented unfactored fallbacks; for
+H-Fac the matrix rule on their 1 x n view, ALGORITHMS.md section 1).
 """
 
 from __future__ import annotations
@@ -132,9 +133,13 @@ def ref_lionfactor(x, grads, lr, b1, b2, wd, full=False):
 
 
 def ref_hfac(x, grads, lr, b1, b2, eps, wd, d, corrected, full=False):
+    """Algorithm 3. The paper defines no rule for 0-d/1-d tensors: they take the matrix rule on
+    their ``1 x n`` view (m = 1, ALGORITHMS.md section 1); ``full=True`` (a ``factored=False``
+    group) is the documented full-moment rule."""
     shape = x.shape
-    fac = x.ndim >= 2 and not full
-    x = _mat(x).copy() if fac else x.astype(np.float64).copy()
+    fac = not full
+    view = _mat if x.ndim >= 2 else (lambda a: np.reshape(a, (1, -1)))
+    x = view(x).copy() if fac else x.astype(np.float64).copy()
     if fac:
         m, n = x.shape
         u, v, r, s = np.zeros(m), np.zeros(n), np.zeros(m), np.zeros(n)
@@ -142,7 +147,7 @@ def ref_hfac(x, grads, lr, b1, b2, eps, wd, d, corrected, full=False):
     else:
         M, W = np.zeros_like(x), np.zeros_like(x)
     for t, g in enumerate(grads, start=1):
-        G = _mat(g) if fac else g
+        G = view(g) if fac else g
         c1, c2 = bt(b1, t), bt(b2, t)
         if fac:
             u = c1 * u + (1 - c1) * G @ one_n / n
@@ -302,15 +307,18 @@ def test_bad_factored_and_corrected_values_are_rejected() -> None:
 
 def test_hfac_memory_is_two_m_plus_n() -> None:
     m, n = 32, 48
-    ps = [torch.nn.Parameter(torch.zeros(m, n)), torch.nn.Parameter(torch.zeros(n))]
+    ps = [torch.nn.Parameter(torch.zeros(m, n)), torch.nn.Parameter(torch.zeros(n)),
+          torch.nn.Parameter(torch.zeros(()))]
     opt = hamopt.HFac(ps)
     for p in ps:
         p.grad = torch.randn_like(p)
     opt.step()
-    assert hamopt.state_bytes(opt) == 4 * (2 * (m + n) + 2 * n) + 2 * 4  # + two float32 step counters
-    st = opt.state[ps[0]]
-    assert {k: tuple(v.shape) for k, v in st.items()} == {
-        "step": (), "mom_row": (m,), "mom_col": (n,), "v_row": (m,), "v_col": (n,)}
+    # the vector and the scalar are 1 x n rows: 2(1 + n) and 2(1 + 1) numbers; + three step counters
+    assert hamopt.state_bytes(opt) == 4 * (2 * (m + n) + 2 * (1 + n) + 4) + 3 * 4
+    assert hamopt.state_bytes(opt) == hamopt.expected_state_bytes("hfac", ps)
+    shapes = [{k: tuple(v.shape) for k, v in opt.state[p].items()} for p in ps]
+    assert shapes == [{"step": (), "mom_row": (r,), "mom_col": (c,), "v_row": (r,), "v_col": (c,)}
+                      for r, c in ((m, n), (1, n), (1, 1))]
 
 
 def test_adafactor_without_momentum_keeps_no_first_moment() -> None:
@@ -499,10 +507,11 @@ def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = 
     d = dict(lr=0.02, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.1, clip_threshold=0.2, corrected=True)
     d.update(kw)
     head = [scale_by_ema(key="m", corrected=True)] if momentum_first else []
-    middle = ([scale_by_hfac(0.5)] if fused
-              else [scale_by_factored_rms(), clip_by_rms(), add_normalized_factored_momentum(0.5)])
-    return ChainedOptimizer(params, d, [*head, factored_momentum(), *middle, add_decayed_weights(),
-                                        scale_by_learning_rate()], foreach=foreach)
+    rows = True  # vectors and scalars on their 1 x n view, as HFac runs them
+    middle = ([scale_by_hfac(0.5, vectors_as_rows=rows)] if fused
+              else [scale_by_factored_rms(vectors_as_rows=rows), clip_by_rms(), add_normalized_factored_momentum(0.5)])
+    return ChainedOptimizer(params, d, [*head, factored_momentum(vectors_as_rows=rows), *middle,
+                                        add_decayed_weights(), scale_by_learning_rate()], foreach=foreach)
 
 
 @pytest.mark.parametrize("momentum_first", [False, True])
@@ -553,6 +562,40 @@ def test_scale_by_hfac_needs_factored_momentum_and_checks_clip_threshold() -> No
     p.grad = torch.ones(3, 4)
     with pytest.raises(RuntimeError, match="factored_momentum"):
         opt.step()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_vector_layouts_of_momentum_and_second_moment_must_agree(fused: bool) -> None:
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import (
+        add_normalized_factored_momentum,
+        factored_momentum,
+        scale_by_factored_rms,
+        scale_by_hfac,
+    )
+
+    v = torch.nn.Parameter(torch.zeros(5))
+    d = dict(betas=(0.9, 0.99), eps=1e-30, clip_threshold=1.0, corrected=True)
+    second = [scale_by_hfac()] if fused else [scale_by_factored_rms(), add_normalized_factored_momentum()]
+    opt = ChainedOptimizer([v], d, [factored_momentum(vectors_as_rows=True), *second])
+    v.grad = torch.ones(5)
+    with pytest.raises(RuntimeError, match="vectors_as_rows"):
+        opt.step()
+
+
+def test_hfac_vector_is_the_one_row_matrix() -> None:
+    # The 1 x n view: a vector follows exactly the trajectory of the same numbers as a 1 x n matrix.
+    rng = np.random.default_rng(17)
+    x0, gs = rng.standard_normal(9), [rng.standard_normal(9) for _ in range(STEPS)]
+    vec = torch.nn.Parameter(torch.tensor(x0))
+    row = torch.nn.Parameter(torch.tensor(x0).reshape(1, 9).clone())
+    opts = [hamopt.HFac([p], lr=0.05, betas=(0.9, 0.99), weight_decay=0.1) for p in (vec, row)]
+    for g in gs:
+        for p, opt in zip((vec, row), opts):
+            p.grad = torch.tensor(g).reshape(p.shape)
+            opt.step()
+    assert not np.allclose(vec.detach().numpy(), x0)
+    np.testing.assert_array_equal(vec.detach().numpy(), row.detach().numpy().reshape(9))
 
 
 def _adafactor_chain(params: Any, foreach: bool, fused: bool, momentum: bool, clip: float | None) -> Any:

@@ -207,6 +207,12 @@ def _factored_or_full(shape: Shape) -> int:
     return numel(shape) if md is None else md[0] + md[1]
 
 
+def _hfac_numel(shape: Shape) -> int:
+    """``2(m + n)`` of the ``dim0 x prod(rest)`` view; 0-d/1-d shapes as one row (``m = 1``)."""
+    md = matrix_dims(shape) or (1, numel(shape))
+    return 2 * (md[0] + md[1])
+
+
 def basis_numel(shape: Shape, two_sided: bool, max_precond_dim: int = 10000) -> int:
     """Elements of the rotation bases kept for a parameter of ``shape`` (fallbacks included)."""
     left, right = rotation_mode(shape, two_sided, max_precond_dim)
@@ -361,6 +367,11 @@ _TABLE = [
         state_numel=lambda s: numel(s) + _factored_or_full(s), factored=True, test_lr=0.05,
         summary="Adafactor with a first moment and bias-corrected decays; betas[0]=0 is Adafactor"),
     OptimizerInfo(
+        name="adafactor_m0", factory=AdafactorM, overrides=dict(betas=(0.0, 0.999)),
+        paper=f"{_hfac.PAPER}, Algorithm 1 with b1 = 0", family="hfac", memory="m + n (numel for 0-d/1-d)",
+        state_numel=_factored_or_full, factored=True, test_lr=0.05,
+        summary="Adafactor without momentum as the H-Fac paper runs it: AdafactorM(betas=(0, b2)), fixed lr"),
+    OptimizerInfo(
         name="signfsgd", factory=SignFSGD, paper=f"{_hfac.PAPER}, Algorithm 2", family="hfac",
         memory="m + n (numel for 0-d/1-d)", state_numel=_factored_or_full, factored=True, sign_based=True,
         summary="factored (row/column mean) momentum with corrected terms and the sign reshaper", test_lr=0.01,
@@ -371,7 +382,7 @@ _TABLE = [
         summary="signFSGD with Lion's double-beta scheme on factored momentum", test_lr=0.01),
     OptimizerInfo(
         name="hfac", factory=HFac, paper=f"{_hfac.PAPER}, Algorithm 3", family="hfac",
-        memory="2(m + n) (2 numel for 0-d/1-d)", state_numel=lambda s: 2 * _factored_or_full(s), factored=True,
+        memory="2(m + n) (0-d/1-d as 1 x n: 2(n + 1))", state_numel=_hfac_numel, factored=True,
         summary="H-Fac: factored momentum and factored second moment, sublinear memory", test_lr=0.05),
     OptimizerInfo(
         name="adamw_variant", factory=AdamWVariant, paper=f"{_hfac.PAPER}, Appendix C, Algorithm 6", family="hfac",

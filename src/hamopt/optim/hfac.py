@@ -1,7 +1,7 @@
 """The H-Fac family (seed 000_bfd3aa1d2a7f558b, ALGORITHMS.md section 1).
 
-Nguyen, Nguyen, Tran and Than, "H-Fac: Memory-Efficient Optimization with Factorized
-Hamiltonian Descent", arXiv:2406.09958 (2024). Five optimizers, each a short chain of the
+Son Nguyen, Lizhang Chen, Bo Liu and Qiang Liu, "H-Fac: Memory-Efficient Optimization with
+Factorized Hamiltonian Descent", arXiv:2406.09958 (2024). Five optimizers, each a short chain of the
 transforms in :mod:`hamopt.transforms.factored` and :mod:`hamopt.transforms.common`:
 
 - :class:`AdafactorM` (Algorithm 1): Adafactor with a first moment; ``betas[0] = 0`` is
@@ -13,15 +13,17 @@ transforms in :mod:`hamopt.transforms.factored` and :mod:`hamopt.transforms.comm
 
 Matrices are ``m x n``; a tensor with more than two dims is factored as
 ``dim0 x prod(rest)``. 0-d and 1-d tensors use the unfactored rule of the same family (the
-rank-1 reconstructions replaced by full moments, see each class), and so does every
-parameter of a group with ``factored=False`` (the paper's "fullhead")::
+rank-1 reconstructions replaced by full moments, see each class), except H-Fac, which runs
+its matrix rule on their ``1 x n`` view (the paper defines no vector rule); every parameter
+of a group with ``factored=False`` (the paper's "fullhead") uses the unfactored rule::
 
     opt = hamopt.HFac([{"params": body}, {"params": head.parameters(), "factored": False}])
 
 Weight decay is decoupled and uses the parameter before the update:
 ``X <- X - lr (D + weight_decay X)``.
 
-Registry names: ``adafactor_m``, ``signfsgd``, ``lionfactor``, ``hfac``, ``adamw_variant``.
+Registry names: ``adafactor_m``, ``adafactor_m0`` (Adafactor-m with ``b1 = 0``, the paper's
+"Adafactor without momentum"), ``signfsgd``, ``lionfactor``, ``hfac``, ``adamw_variant``.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ __all__ = ["AdafactorM", "AdamWVariant", "HFac", "LionFactor", "SignFSGD"]
 
 
 
-PAPER = ("Nguyen, Nguyen, Tran and Than, 'H-Fac: Memory-Efficient Optimization with Factorized "
-         "Hamiltonian Descent', arXiv:2406.09958 (seed 000_bfd3aa1d2a7f558b)")
+PAPER = ("Son Nguyen, Lizhang Chen, Bo Liu and Qiang Liu, 'H-Fac: Memory-Efficient Optimization with "
+         "Factorized Hamiltonian Descent', arXiv:2406.09958 (seed 000_bfd3aa1d2a7f558b)")
 
 
 class AdafactorM(ChainedOptimizer):
@@ -177,10 +179,13 @@ class HFac(ChainedOptimizer):
         X = X - lr (0.5 (phi + psi) + clip_d(G / sqrt(V)) + weight_decay X)
 
     ``corrected=False`` (the paper's ablation) drops ``- G 1_n 1_n^T / n`` and
-    ``- 1_m 1_m^T G / m``. 0-d/1-d tensors (and groups with ``factored=False``): full
-    moments ``M = b1_t M + (1 - b1_t) G`` and ``V = b2_t V + (1 - b2_t)(G^2 + eps)`` replace
-    ``u 1^T``, ``1 v^T`` and ``r 1^T / n``, ``1 s^T / m``, ``V``, so the update is
-    ``b1_t (M - G) / sqrt(V) + clip_d(G / sqrt(V))``.
+    ``- 1_m 1_m^T G / m``. 0-d/1-d tensors (biases, norms, scalars; the paper defines no rule
+    for them) run the rule above on their ``1 x n`` view (``m = 1``, ALGORITHMS.md section 1):
+    ``u`` and ``r`` are scalars, ``v`` and ``s`` have the tensor's ``n`` entries, ``V = s``, and the
+    factor 0.5 on the momentum term is kept. Groups with ``factored=False`` (the paper's
+    "fullhead"): full moments ``M = b1_t M + (1 - b1_t) G`` and ``V = b2_t V + (1 - b2_t)(G^2 + eps)``
+    replace ``u 1^T``, ``1 v^T`` and ``r 1^T / n``, ``1 s^T / m``, ``V``, so the update is
+    ``b1_t (M - G) / sqrt(V) + clip_d(G / sqrt(V))`` (the momentum term counted twice).
 
     Args:
         params: parameters or parameter groups.
@@ -191,8 +196,8 @@ class HFac(ChainedOptimizer):
         clip_threshold: ``d`` of the update clipping, ``None`` to disable (default: 1.0).
         corrected: use the corrected terms (default: True).
 
-    State per ``m x n`` matrix: ``2(m + n)`` numbers (``u, v, r, s``); ``2 numel`` for the
-    fallback.
+    State per ``m x n`` matrix: ``2(m + n)`` numbers (``u, v, r, s``), ``2(n + 1)`` for a vector of
+    ``n`` entries and 4 for a scalar (their ``1 x n`` view); ``2 numel`` for ``factored=False``.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -205,8 +210,9 @@ class HFac(ChainedOptimizer):
                  corrected=corrected),
             # scale_by_hfac(0.5) is chain(scale_by_factored_rms(), clip_by_rms(),
             # add_normalized_factored_momentum(0.5)) in fewer passes over memory
-            chain(factored_momentum(hp="betas", index=0, corrected_decay=True, scale_by_beta=True),
-                  scale_by_hfac(0.5), apply_decayed_update()),
+            chain(factored_momentum(hp="betas", index=0, corrected_decay=True, scale_by_beta=True,
+                                    vectors_as_rows=True),
+                  scale_by_hfac(0.5, vectors_as_rows=True), apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 

@@ -1,9 +1,9 @@
 """Factored moment transforms of the H-Fac paper (seed 000, ALGORITHMS.md section 1).
 
-Nguyen et al., "H-Fac: Memory-Efficient Optimization with Factorized Hamiltonian Descent"
-(arXiv:2406.09958). A matrix ``G`` of shape ``m x n`` (tensors with more than two dims are
-viewed as ``dim0 x prod(rest)`` by :func:`~hamopt.core.transform.as_matrix`) keeps rank-1
-statistics instead of full ones:
+Son Nguyen, Lizhang Chen, Bo Liu and Qiang Liu, "H-Fac: Memory-Efficient Optimization with
+Factorized Hamiltonian Descent" (arXiv:2406.09958). A matrix ``G`` of shape ``m x n`` (tensors
+with more than two dims are viewed as ``dim0 x prod(rest)`` by
+:func:`~hamopt.core.transform.as_matrix`) keeps rank-1 statistics instead of full ones:
 
 * :func:`scale_by_factored_rms`: Adafactor's factored second moment (row sums ``r`` and
   column sums ``s`` of ``G^2 + eps``, reconstruction ``V = r s^T / 1^T r``), returning
@@ -21,7 +21,12 @@ Tensors with fewer than two dims, and every parameter of a group with ``factored
 (the paper's "fullhead"), use the *unfactored rule of the same family*: the rank-1
 reconstructions ``u 1_n^T`` and ``1_m v^T`` are both replaced by one full momentum ``M``, and
 ``r 1_n^T / n``, ``1_m s^T / m`` and ``V`` by one full second moment ``v`` (Adam-style
-moments). Whether a parameter is factored is decided once, when its state is created.
+moments). The exception is H-Fac (Algorithm 3), for which the paper defines no vector rule:
+with ``vectors_as_rows=True`` (:func:`factored_momentum` and :func:`scale_by_factored_rms` /
+:func:`scale_by_hfac`, both set by :class:`~hamopt.optim.hfac.HFac`) 0-d and 1-d tensors of a
+factored group run the matrix rule on their ``1 x n`` view (ALGORITHMS.md section 1), which
+keeps the factor 0.5 on the momentum term (the full-momentum fallback doubles it). Whether a
+parameter is factored is decided once, when its state is created.
 
 All statistics come from ``ctx.grads`` (not from the incoming ``updates``), so these
 transforms can follow a momentum transform and a rotation wrapper can hand them rotated
@@ -79,6 +84,17 @@ STACKED_OUT = "factored_stacked_out"
 def is_factored(param: Tensor, group: Mapping[str, Any]) -> bool:
     """Whether the factored rule applies: 2+ dims and the group does not say ``factored=False``."""
     return is_matrix_like(param) and bool(group.get("factored", True))
+
+
+def _factored_here(param: Tensor, group: Mapping[str, Any], vectors_as_rows: bool) -> bool:
+    """Whether a transform keeps row/column statistics for ``param``: :func:`is_factored`, or a
+    0-d/1-d tensor of a factored group when the transform treats vectors as ``1 x n`` rows."""
+    return is_factored(param, group) or (vectors_as_rows and bool(group.get("factored", True)))
+
+
+def _as_matrix(x: Tensor) -> Tensor:
+    """:func:`as_matrix`, with a 0-d or 1-d tensor viewed as one row (``1 x n``)."""
+    return x.reshape(1, -1) if x.dim() < 2 else as_matrix(x)
 
 
 def _check_factored(group: Mapping[str, Any]) -> None:
@@ -200,7 +216,7 @@ def _groups(ctx: StepContext, fac: list[int]) -> list[tuple[int, ...]]:
     if fac and ctx.grads[fac[0]].device.type == "cpu":
         limit = CPU_STACK_MAX_NUMEL
     for i in fac:
-        shape = tuple(as_matrix(ctx.grads[i]).shape)
+        shape = tuple(_as_matrix(ctx.grads[i]).shape)
         t = ctx.steps[i]
         if shape[0] * shape[1] > limit:
             key: Any = ("single", i)
@@ -216,7 +232,7 @@ def _stacked_grads(ctx: StepContext, js: tuple[int, ...]) -> Tensor:
     hit = ctx.scratch.get(key)
     if hit is not None and hit[0] is ctx.grads:
         return hit[1]
-    st = _stack([as_matrix(ctx.grads[i]) for i in js])
+    st = _stack([_as_matrix(ctx.grads[i]) for i in js])
     ctx.scratch[key] = (ctx.grads, st)
     return st
 
@@ -242,9 +258,9 @@ def _scaled_into(ctx: StepContext, updates: Sequence[Tensor], js: tuple[int, ...
     if updates is ctx.grads:
         torch.mul(_stacked_grads(ctx, js), scale, out=o)
     elif len(js) == 1:
-        torch.mul(as_matrix(updates[js[0]]).unsqueeze(0), scale, out=o)
+        torch.mul(_as_matrix(updates[js[0]]).unsqueeze(0), scale, out=o)
     else:
-        torch.stack([as_matrix(updates[i]) for i in js], out=o)
+        torch.stack([_as_matrix(updates[i]) for i in js], out=o)
         o.mul_(scale)
 
 
@@ -315,15 +331,16 @@ class ScaleByFactoredRms(Transform):
         return updates / sqrt(V)
 
     Fallback (0-d/1-d tensors, or a group with ``factored=False``): state ``v_full`` with
-    ``v = b2_t v + (1 - b2_t)(G^2 + eps)`` and ``V = v``. State shapes are decided in
-    :meth:`init` from the shape of the tensor it is given.
+    ``v = b2_t v + (1 - b2_t)(G^2 + eps)`` and ``V = v``. With ``vectors_as_rows=True`` 0-d/1-d
+    tensors of a factored group use the rule above on their ``1 x n`` view instead (H-Fac).
+    State shapes are decided in :meth:`init` from the shape of the tensor it is given.
     """
 
     state_keys = ("v_row", "v_col", "v_full")
     splits = TENSOR  # row and column statistics of whole matrices
 
-    def __init__(self, hp: str = "betas", index: int | None = 1) -> None:
-        self.hp, self.index = hp, index
+    def __init__(self, hp: str = "betas", index: int | None = 1, vectors_as_rows: bool = False) -> None:
+        self.hp, self.index, self.vectors_as_rows = hp, index, vectors_as_rows
         self.hyperparams = (hp, "eps", "factored")
 
     def validate(self, group: Mapping[str, Any]) -> None:
@@ -332,8 +349,8 @@ class ScaleByFactoredRms(Transform):
         _check_factored(group)
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
-        if is_factored(param, group):
-            m, n = as_matrix(param).shape
+        if _factored_here(param, group, self.vectors_as_rows):
+            m, n = _as_matrix(param).shape
             state["v_row"] = state_like(param, group, (m,))
             state["v_col"] = state_like(param, group, (n,))
         else:
@@ -399,7 +416,7 @@ class ScaleByFactoredRms(Transform):
         return ctx.fresh(out)
 
     def __repr__(self) -> str:
-        return f"scale_by_factored_rms(hp={self.hp!r}, index={self.index})"
+        return f"scale_by_factored_rms(hp={self.hp!r}, index={self.index}, vectors_as_rows={self.vectors_as_rows})"
 
 
 class ScaleByClippedFactoredRms(ScaleByFactoredRms):
@@ -416,8 +433,8 @@ class ScaleByClippedFactoredRms(ScaleByFactoredRms):
     read-write. Unfactored tensors use ``updates / sqrt(v)`` and the ordinary clipping.
     """
 
-    def __init__(self, hp: str = "betas", index: int | None = 1) -> None:
-        super().__init__(hp=hp, index=index)
+    def __init__(self, hp: str = "betas", index: int | None = 1, vectors_as_rows: bool = False) -> None:
+        super().__init__(hp=hp, index=index, vectors_as_rows=vectors_as_rows)
         self.hyperparams = (hp, "eps", "factored", "clip_threshold")
         self._clip = ClipByRms()
 
@@ -513,16 +530,18 @@ class FactoredMomentum(Transform):
 
     State: ``mom_row`` (m,) and ``mom_col`` (n,); fallback (0-d/1-d or ``factored=False``):
     ``mom_full`` ``M`` (the shape of the parameter) with the same rule on ``G`` itself, and
-    ``a = b = M~``.
+    ``a = b = M~``. With ``vectors_as_rows=True`` 0-d/1-d tensors of a factored group use the
+    factored rule on their ``1 x n`` view instead (H-Fac, ALGORITHMS.md section 1).
     """
 
     state_keys = ("mom_row", "mom_col", "mom_full")
     splits = TENSOR  # row and column statistics of whole matrices
 
     def __init__(self, hp: str = "betas", index: int | None = 0, state_index: int | None = None,
-                 corrected_decay: bool = True, scale_by_beta: bool = True) -> None:
+                 corrected_decay: bool = True, scale_by_beta: bool = True, vectors_as_rows: bool = False) -> None:
         self.hp, self.index, self.state_index = hp, index, state_index
         self.corrected_decay, self.scale_by_beta = corrected_decay, scale_by_beta
+        self.vectors_as_rows = vectors_as_rows
         self.hyperparams = (hp, "corrected", "factored")
 
     def validate(self, group: Mapping[str, Any]) -> None:
@@ -535,8 +554,8 @@ class FactoredMomentum(Transform):
         _check_factored(group)
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
-        if is_factored(param, group):
-            m, n = as_matrix(param).shape
+        if _factored_here(param, group, self.vectors_as_rows):
+            m, n = _as_matrix(param).shape
             state["mom_row"] = state_like(param, group, (m,))
             state["mom_col"] = state_like(param, group, (n,))
         else:
@@ -601,15 +620,23 @@ class FactoredMomentum(Transform):
 
     def __repr__(self) -> str:
         return (f"factored_momentum(hp={self.hp!r}, index={self.index}, state_index={self.state_index}, "
-                f"corrected_decay={self.corrected_decay}, scale_by_beta={self.scale_by_beta})")
+                f"corrected_decay={self.corrected_decay}, scale_by_beta={self.scale_by_beta}, "
+                f"vectors_as_rows={self.vectors_as_rows})")
 
 
-def _momentum_terms(ctx: StepContext) -> tuple[list[tuple[tuple[int, ...], Tensor, Tensor]], dict[int, Tensor]]:
+def _momentum_terms(ctx: StepContext, second_moment: bool = False
+                    ) -> tuple[list[tuple[tuple[int, ...], Tensor, Tensor]], dict[int, Tensor]]:
     """What :class:`FactoredMomentum` left for this chain: stacked ``(a, b)`` per shape group
-    (``k x m`` and ``k x n``) and the full ``M~`` of the unfactored parameters."""
+    (``k x m`` and ``k x n``) and the full ``M~`` of the unfactored parameters.
+    ``second_moment``: check that the factored second moment treats the same parameters as
+    factored (``vectors_as_rows`` set alike on both transforms)."""
     hit = ctx.scratch.get(MOMENTUM_TERMS)
     if hit is None or hit[0] is not ctx.grads:
         raise RuntimeError("a factored reshaper needs factored_momentum() earlier in the same chain")
+    if second_moment and (any("v_row" not in ctx.states[i] for js, _, _ in hit[1] for i in js)
+                          or any("v_full" not in ctx.states[i] for i in hit[2])):
+        raise RuntimeError("factored_momentum() and the factored second moment disagree on which tensors "
+                           "are factored: pass the same vectors_as_rows to both")
     return hit[1], hit[2]
 
 
@@ -707,7 +734,7 @@ class AddNormalizedFactoredMomentum(Transform):
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         f = ctx.foreach
-        groups, fulls = _momentum_terms(ctx)
+        groups, fulls = _momentum_terms(ctx, second_moment=True)
         out = ctx.writable(updates)
         for js, a, b in groups:
             r = _stack([ctx.states[i]["v_row"] for i in js])
@@ -723,7 +750,7 @@ class AddNormalizedFactoredMomentum(Transform):
                 st.add_(pb.unsqueeze(1))
                 continue
             for k, i in enumerate(js):
-                x = as_matrix(out[i])
+                x = _as_matrix(out[i])
                 x.add_(pa[k].unsqueeze(1))
                 x.add_(pb[k])
         if fulls:
@@ -760,8 +787,9 @@ class ScaleByHFac(ScaleByFactoredRms):
     tensors, and calls whose ``updates`` are not the gradients, run the three transforms.
     """
 
-    def __init__(self, coef: float = 0.5, hp: str = "betas", index: int | None = 1) -> None:
-        super().__init__(hp=hp, index=index)
+    def __init__(self, coef: float = 0.5, hp: str = "betas", index: int | None = 1,
+                 vectors_as_rows: bool = False) -> None:
+        super().__init__(hp=hp, index=index, vectors_as_rows=vectors_as_rows)
         self.coef = coef
         self.hyperparams = (hp, "eps", "factored", "clip_threshold")
         self._clip = ClipByRms()
@@ -775,7 +803,7 @@ class ScaleByHFac(ScaleByFactoredRms):
         if updates is not ctx.grads:  # e.g. after a momentum transform: the composed rule
             out = self._clip.update(ctx, ScaleByFactoredRms.update(self, ctx, updates))
             return self._add.update(ctx, out)
-        groups, fulls = _momentum_terms(ctx)
+        groups, fulls = _momentum_terms(ctx, second_moment=True)
         terms = {js: (a, b) for js, a, b in groups}
         batches, outs, full = self._moments(ctx)
         thr = ctx.group["clip_threshold"]
@@ -816,13 +844,15 @@ class ScaleByHFac(ScaleByFactoredRms):
         return ctx.fresh(out)
 
     def __repr__(self) -> str:
-        return f"scale_by_hfac(coef={self.coef}, hp={self.hp!r}, index={self.index})"
+        return (f"scale_by_hfac(coef={self.coef}, hp={self.hp!r}, index={self.index}, "
+                f"vectors_as_rows={self.vectors_as_rows})")
 
 
 # ---------------------------------------------------------------------------- factories
-def scale_by_factored_rms(hp: str = "betas", index: int | None = 1) -> ScaleByFactoredRms:
+def scale_by_factored_rms(hp: str = "betas", index: int | None = 1, vectors_as_rows: bool = False
+                          ) -> ScaleByFactoredRms:
     """See :class:`ScaleByFactoredRms`."""
-    return ScaleByFactoredRms(hp=hp, index=index)
+    return ScaleByFactoredRms(hp=hp, index=index, vectors_as_rows=vectors_as_rows)
 
 
 def scale_by_clipped_factored_rms(hp: str = "betas", index: int | None = 1) -> ScaleByClippedFactoredRms:
@@ -837,10 +867,11 @@ def scale_by_rms(hp: str = "betas", index: int | None = 1) -> ScaleByRms:
 
 
 def factored_momentum(hp: str = "betas", index: int | None = 0, state_index: int | None = None,
-                      corrected_decay: bool = True, scale_by_beta: bool = True) -> FactoredMomentum:
+                      corrected_decay: bool = True, scale_by_beta: bool = True,
+                      vectors_as_rows: bool = False) -> FactoredMomentum:
     """See :class:`FactoredMomentum`."""
-    return FactoredMomentum(hp=hp, index=index, state_index=state_index,
-                            corrected_decay=corrected_decay, scale_by_beta=scale_by_beta)
+    return FactoredMomentum(hp=hp, index=index, state_index=state_index, corrected_decay=corrected_decay,
+                            scale_by_beta=scale_by_beta, vectors_as_rows=vectors_as_rows)
 
 
 def scale_by_factored_phi_psi(phi: Reshaper = "sign", psi: Reshaper = "sign") -> ScaleByFactoredPhiPsi:
@@ -858,6 +889,9 @@ def add_normalized_factored_momentum(coef: float = 0.5) -> AddNormalizedFactored
     return AddNormalizedFactoredMomentum(coef=coef)
 
 
-def scale_by_hfac(coef: float = 0.5, hp: str = "betas", index: int | None = 1) -> ScaleByHFac:
-    """H-Fac's ``clip_d(G / sqrt(V)) + coef (phi + psi)`` in few passes; see :class:`ScaleByHFac`."""
-    return ScaleByHFac(coef=coef, hp=hp, index=index)
+def scale_by_hfac(coef: float = 0.5, hp: str = "betas", index: int | None = 1,
+                  vectors_as_rows: bool = False) -> ScaleByHFac:
+    """H-Fac's ``clip_d(G / sqrt(V)) + coef (phi + psi)`` in few passes; see :class:`ScaleByHFac`
+    (``vectors_as_rows=True``, as :class:`~hamopt.optim.hfac.HFac` uses it: 0-d/1-d tensors on
+    their ``1 x n`` view, with :func:`factored_momentum` set alike)."""
+    return ScaleByHFac(coef=coef, hp=hp, index=index, vectors_as_rows=vectors_as_rows)
