@@ -55,6 +55,14 @@ def _is_chained(name: str) -> bool:
 
 
 CHAINED = [n for n in ALL_NAMES if _is_chained(n)]
+
+
+@pytest.fixture(params=CHAINED)
+def chained(request: pytest.FixtureRequest) -> OptimizerInfo:
+    """The registry entries that are hamopt ChainedOptimizers (not torch.optim classes)."""
+    return hamopt.get(request.param)
+
+
 #: The entries that are torch.optim classes (family "classic").
 CLASSIC = [n for n in ALL_NAMES if hamopt.get(n).family == "classic"]
 #: The classic entries that pick torch's fused kernel by default (named parameters crash there).
@@ -527,19 +535,19 @@ def _strided_pair(seed: int) -> tuple[list[torch.nn.Parameter], torch.Tensor, li
     return [a, b, c], base, _clone([a, b, c])
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
-def test_strided_params_and_grads_equal_contiguous(request: pytest.FixtureRequest, info: OptimizerInfo,
-                                                   foreach: bool) -> None:
+def test_strided_params_and_grads_equal_contiguous(request: pytest.FixtureRequest, info: OptimizerInfo) -> None:
     # The same steps on strided parameters with strided gradients as on contiguous copies
-    # with contiguous gradients; the elements of the base tensor between the views stay put.
+    # with contiguous gradients, on the multi-tensor and the per-tensor path; the elements of
+    # the base tensor between the views stay put.
     _xfail(request, info, {"adam": FUSED, "adamw": FUSED, "amsgrad": FUSED, "lookahead": FUSED})
+    # torch.optim classes: their default path (torch tests its own for-loop)
+    for kw in ({"foreach": True}, {"foreach": False}) if info.name in CHAINED else ({},):
+        _check_strided(info, kw)
+
+
+def _check_strided(info: OptimizerInfo, kw: dict[str, Any]) -> None:
     ps, base, flat = _strided_pair(0)
     untouched = base[..., 1].clone()
-    kw: dict[str, Any] = {}
-    if isinstance(make_opt(info, _wb()), hamopt.ChainedOptimizer):
-        kw["foreach"] = foreach
-    elif not foreach:
-        pytest.skip("torch.optim classes: the default path only (torch tests its own for-loop)")
     opt, opt_flat = make_opt(info, ps, **kw), make_opt(info, flat, **kw)
     for s in range(4):
         for o, q in ((opt, ps), (opt_flat, flat)):
@@ -551,25 +559,25 @@ def test_strided_params_and_grads_equal_contiguous(request: pytest.FixtureReques
         opt.step()
         opt_flat.step()
     if info.name in CHAINED:
-        _assert_same(ps, flat, f"{info.name}: strided != contiguous")
+        _assert_same(ps, flat, f"{info.name} {kw}: strided != contiguous")
     else:  # torch's own kernels may reduce a strided tensor in another order (Adafactor: 1 ulp)
         for a, b in zip(ps, flat):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=f"{info.name}: strided != contiguous")
     assert torch.equal(base[..., 1], untouched), f"{info.name} wrote next to a strided parameter"
 
 
-def test_foreach_equals_forloop_bitwise_float32(info: OptimizerInfo) -> None:
-    # The battery compares the paths in float64 to 1e-14; here float32, mixed shapes, two groups.
-    if info.name not in CHAINED:
-        pytest.skip("torch.optim classes: torch tests its own foreach == for-loop")
+def test_foreach_equals_forloop_bitwise_float32(chained: OptimizerInfo) -> None:
+    # The battery compares the paths in float64 to 1e-14; here float32, two groups, bit for bit
+    # (torch.optim classes: torch tests its own).
+    info = chained
     ps = _wb()
     ps2 = _clone(ps)
     opt = make_opt(info, [{"params": ps[:2]}, {"params": ps[2:]}], foreach=True)
     opt2 = make_opt(info, [{"params": ps2[:2]}, {"params": ps2[2:]}], foreach=False)
     _run(info, opt, ps, 0, 5)
     _run(info, opt2, ps2, 0, 5)
-    for a, b in zip(ps, ps2):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=f"{info.name}: foreach != for-loop")
+    _assert_same(ps, ps2, f"{info.name}: foreach != for-loop")
+    _assert_same(_state_tensors(opt), _state_tensors(opt2), f"{info.name}: foreach state != for-loop state")
 
 
 @pytest.mark.parametrize("set_to_none", [True, False])
@@ -670,11 +678,6 @@ def test_grad_scaler_equals_unscaled_and_skips_inf(request: pytest.FixtureReques
 
 
 # ---------------------------------------------------------------------------- non-finite gradients
-
-
-@pytest.fixture(params=CHAINED)
-def chained(request: pytest.FixtureRequest) -> OptimizerInfo:
-    return hamopt.get(request.param)
 
 
 def _poison(ps: list[torch.Tensor], which: int, value: float) -> None:
