@@ -35,7 +35,7 @@ def _grads(step: int, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
 
 
 def _adamw_like(ps, **kw) -> ChainedOptimizer:  # type: ignore[no-untyped-def]
-    shell = {k: kw.pop(k) for k in ("foreach", "maximize", "state_dtype") if k in kw}
+    shell = {k: kw.pop(k) for k in ("foreach", "maximize", "state_dtype", "nonfinite") if k in kw}
     defaults = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
     defaults.update(kw)
     return ChainedOptimizer(
@@ -429,3 +429,89 @@ def test_ops_mul_is_fresh_and_the_same_on_both_paths(kind: str) -> None:
             for e, r, x, b in zip(expected, got, xs, before):
                 assert torch.equal(r, e) and r.data_ptr() != x.data_ptr()
                 assert torch.equal(x, b)  # the inputs are untouched
+
+
+# ----------------------------------------------------------------- step counters in any form, non-finite gradients
+
+
+@pytest.mark.parametrize("form", ["float", "int", "int64", "float64", "one-element"])
+def test_step_set_by_hand_in_any_form_keeps_counting(form: str) -> None:
+    """Issue 15 problem 2: a ``step`` that is a Python number (or a tensor of another dtype or
+    shape) crashed the next step with ``'float' object has no attribute 'detach'``; it steps
+    exactly like the float32 tensor the optimizer writes."""
+    ps, ps2 = _params(), _params()
+    o1, o2 = _adamw_like(ps), _adamw_like(ps2)
+    for t in range(1, 4):
+        for p, p2, g in zip(ps, ps2, _grads(t)):
+            p.grad, p2.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    convert = {"float": float, "int": lambda t: int(float(t)), "int64": lambda t: t.to(torch.int64),
+               "float64": lambda t: t.to(torch.float64), "one-element": lambda t: t.reshape(1)}[form]
+    for p in ps2:
+        o2.state[p]["step"] = convert(o2.state[p]["step"])
+    for t in range(4, 7):
+        for p, p2, g in zip(ps, ps2, _grads(t)):
+            p.grad, p2.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    for a, b in zip(ps, ps2):
+        assert torch.equal(a, b)
+    assert all(o2.state[p]["step"].dtype == torch.float32 and float(o2.state[p]["step"]) == 6.0 for p in ps2)
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the names of the aten ops that run (a real dispatch mode, nothing replaced)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["propagate", "skip"])
+def test_nonfinite_check_runs_only_when_asked(mode: str) -> None:
+    """``propagate`` (the default) costs nothing: no finiteness test (``isfinite(g).all()``,
+    which reaches the dispatcher as ``all``), no read-back of a flag."""
+    ps = _params(torch.float32)
+    opt = _adamw_like(ps, nonfinite=mode) if mode != "propagate" else _adamw_like(ps)
+    for p, g in zip(ps, _grads(1, torch.float32)):
+        p.grad = g
+    opt.step()  # lazy state first, then a logged step
+    with _OpLog() as log:
+        opt.step()
+    checks = [op for op in log.ops if op.startswith("all.")]
+    assert (len(checks) == 0) == (mode == "propagate"), log.ops
+
+
+def test_nonfinite_raise_checks_every_group_before_any_steps() -> None:
+    """A bad gradient in the last group stops the whole step: the first group does not move."""
+    ps = _params()
+    opt = ChainedOptimizer([{"params": ps[:2]}, {"params": ps[2:]}],
+                           dict(lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+                           chain(scale_by_adam(), scale_by_learning_rate()), nonfinite="raise")
+    before = [p.detach().clone() for p in ps]
+    for p, g in zip(ps, _grads(1)):
+        p.grad = g
+    ps[4].grad[1, 2, 0, 1] = float("inf")
+    with pytest.raises(RuntimeError, match=re.escape("in parameter 4 of shape (2, 3, 2, 2) (group 1")):
+        opt.step()
+    for p, b in zip(ps, before):
+        assert torch.equal(p, b)
+    assert all(len(opt.state[p]) == 0 for p in ps)
+    ps[4].grad[1, 2, 0, 1] = 0.0
+    opt.step()
+    assert all(float(opt.state[p]["step"]) == 1.0 for p in ps)
+
+
+def test_nonfinite_skip_with_bf16_params_checks_the_raw_gradient() -> None:
+    """A bf16 gradient's inf is caught before the cast to the float32 compute dtype."""
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    opt = _adamw_like([p], nonfinite="skip")
+    p.grad = torch.tensor([1.0, float("inf"), 0.0, 2.0], dtype=torch.bfloat16)
+    opt.step()
+    assert torch.equal(p, torch.ones(4, dtype=torch.bfloat16)) and len(opt.state[p]) == 0
+    assert opt.param_groups[0]["nonfinite_skipped"] == 1

@@ -25,12 +25,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import sharding
+from . import validation as V
 from .engine import Engine
 from .transform import Chain, Transform
 
 __all__ = ["ChainedOptimizer", "ParamsT"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+#: The values of the per-group ``nonfinite`` setting (see :class:`ChainedOptimizer`).
+NONFINITE = ("propagate", "skip", "raise")
 
 
 class ChainedOptimizer(torch.optim.Optimizer):
@@ -46,8 +51,21 @@ class ChainedOptimizer(torch.optim.Optimizer):
         state_dtype: dtype of the optimizer state and of the update arithmetic. ``None``
             (default) means float32 for bfloat16/float16 parameters and the parameter's
             dtype otherwise.
+        nonfinite: what a step does with a NaN or infinite gradient. ``"propagate"``
+            (default, torch's behaviour): nothing special, the values flow into the state
+            and the parameters, at no extra cost. ``"skip"``: a group whose gradients hold
+            one skips its step whole (parameters and every state entry, step counts
+            included, stay as they were) and adds 1 to ``group["nonfinite_skipped"]``.
+            ``"raise"``: a ``RuntimeError`` naming the parameter, before anything moves.
 
-    ``maximize``, ``foreach`` and ``state_dtype`` are per-group settings like the others.
+    ``maximize``, ``foreach``, ``state_dtype`` and ``nonfinite`` are per-group settings like the
+    others (``{"params": ..., "nonfinite": "skip"}``, or set ``group["nonfinite"]`` later).
+
+    The non-finite check is per group and runs for every checked group before any group
+    steps, all of them read back with one device synchronisation per step: ``"raise"`` thus
+    leaves the whole optimizer untouched, and ``"skip"`` skips only the groups whose own
+    gradients are not finite. ``group["nonfinite_skipped"]`` (the count of skipped steps) is
+    part of ``param_groups``, so ``state_dict`` round trips and distributed checkpoints keep it.
     """
 
     def __init__(
@@ -59,13 +77,15 @@ class ChainedOptimizer(torch.optim.Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         state_dtype: torch.dtype | None = None,
+        nonfinite: str = "propagate",
     ) -> None:
         if not isinstance(transform, Transform):
             transform = Chain(*transform)
         self.transform: Transform = transform
         self._engine = Engine(type(self).__name__)  # how steps run; rebuilt after a copy or a pickle
         full = dict(defaults)
-        full.update(maximize=maximize, foreach=foreach, state_dtype=state_dtype)
+        full.update(maximize=maximize, foreach=foreach, state_dtype=state_dtype, nonfinite=nonfinite,
+                    nonfinite_skipped=0)
         self._validate_group(full)
         super().__init__(params, full)
 
@@ -74,6 +94,7 @@ class ChainedOptimizer(torch.optim.Optimizer):
         sd = group.get("state_dtype")
         if sd is not None and not (isinstance(sd, torch.dtype) and sd.is_floating_point):
             raise ValueError(f"Invalid state_dtype: {sd!r} (expected a floating torch.dtype or None)")
+        V.check_choice("nonfinite", group.get("nonfinite", "propagate"), NONFINITE)
         self.transform.validate(group)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -94,9 +115,51 @@ class ChainedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
+        skipped = self._nonfinite_groups()
+        for i, group in enumerate(self.param_groups):
+            if i in skipped:
+                group["nonfinite_skipped"] = group.get("nonfinite_skipped", 0) + 1
+            else:
+                self._step_group(group)
         return loss
+
+    def _nonfinite_groups(self) -> set[int]:
+        """Indices of the groups set to ``nonfinite="skip"`` whose gradients are not all finite;
+        a ``RuntimeError`` naming the parameter for a ``"raise"`` group. Nothing to do (no
+        synchronisation) when every group propagates, the default."""
+        checked = [i for i, g in enumerate(self.param_groups) if g.get("nonfinite", "propagate") != "propagate"]
+        if not checked:
+            return set()
+        groups = self.param_groups
+        flags: list[tuple[int, int, Tensor]] = []  # (group, index in the group, all finite)
+        for i in checked:
+            V.check_choice("nonfinite", groups[i]["nonfinite"], NONFINITE)
+            for j, p in enumerate(groups[i]["params"]):
+                if p.grad is not None:
+                    g = sharding.local(p.grad)
+                    flags.append((i, j, torch.isfinite(g.coalesce().values() if g.is_sparse else g).all()))
+        dev = flags[0][2].device if flags else None
+        fine = torch.stack([f.to(dev) for *_, f in flags]).tolist() if flags else []  # the one sync
+        bad = [(i, j) for (i, j, _), ok in zip(flags, fine) if not ok]
+        skipped = {i for i, _ in bad}
+        for i in checked:  # FSDP2: every rank must take the same decision
+            ref = next((p for p in groups[i]["params"] if sharding.is_sharded(p)), None)
+            if ref is not None and not sharding.all_agree(i not in skipped, ref):
+                skipped.add(i)
+        for i in checked:
+            if i not in skipped or groups[i]["nonfinite"] != "raise":
+                continue
+            j = next((j for gi, j in bad if gi == i), None)
+            if j is None:
+                raise RuntimeError(f"Non-finite gradient on another rank in parameter group {i} "
+                                   "(nonfinite='raise'); the step was not taken")
+            index = sum(len(g["params"]) for g in groups[:i]) + j  # the state_dict numbering
+            names = groups[i].get("param_names")
+            named = f" {names[j]!r}" if names else ""
+            raise RuntimeError(f"Non-finite gradient (NaN or inf) in parameter {index}{named} of shape "
+                               f"{tuple(groups[i]['params'][j].shape)} (group {i}, nonfinite='raise'); "
+                               "the step was not taken")
+        return skipped
 
     def _step_group(self, group: dict[str, Any]) -> None:
         params = [p for p in group["params"] if p.grad is not None]
@@ -136,6 +199,8 @@ class ChainedOptimizer(torch.optim.Optimizer):
             for k, v in saved[pid].items():
                 if isinstance(v, Tensor) and k != "step" and v.dtype != st[k].dtype:
                     st[k] = v.to(device=p.device, copy=True)
+            if "step" in st:  # a float, an int or a 0-d tensor of any dtype and device, as torch accepts
+                st["step"] = torch.as_tensor(st["step"]).detach().to("cpu", torch.float32, copy=True).reshape(())
 
     def __getstate__(self) -> dict[str, Any]:
         # torch.optim.Optimizer pickles only defaults, state and param_groups; the chain is
@@ -150,3 +215,5 @@ class ChainedOptimizer(torch.optim.Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("state_dtype", None)
+            group.setdefault("nonfinite", "propagate")
+            group.setdefault("nonfinite_skipped", 0)

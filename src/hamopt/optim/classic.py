@@ -78,6 +78,10 @@ def _make_adafactor_cls() -> type[torch.optim.Optimizer] | None:
 
 
 _CLASSES: dict[str, Any] = {"Adafactor": _make_adafactor_cls()}
+# A module-level name, so pickle (and torch.save of the optimizer object) can find the class.
+Adafactor = _CLASSES["Adafactor"]
+if Adafactor is not None:
+    Adafactor.__qualname__ = "Adafactor"
 
 
 def torch_optimizer(cls_name: str, **fixed: Any) -> Callable[..., torch.optim.Optimizer]:

@@ -14,10 +14,9 @@ __all__ = ["advance_steps", "as_count"]
 
 def as_count(value: Any) -> Tensor:
     """A ``step`` entry as a float32 0-d CPU tensor. torch writes tensors; older checkpoints
-    and hand-made ones hold Python numbers, which load and step the same."""
-    if isinstance(value, Tensor):
-        return value.detach().to("cpu", torch.float32)
-    return torch.tensor(float(value), dtype=torch.float32)
+    and hand-made ones hold Python numbers or tensors of other dtypes, devices or shapes
+    with one element, which load and step the same."""
+    return torch.as_tensor(value).detach().to("cpu", torch.float32).reshape(())
 
 
 def advance_steps(cache: dict[Any, tuple[Tensor, list[Tensor]]], params: list[Tensor],
