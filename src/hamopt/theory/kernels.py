@@ -24,7 +24,8 @@ from torch import Tensor
 
 from ..transforms.lionk import HuberKernel, Kernel, L1Kernel, LpKernel, ThresholdKernel, TopKKernel, make_kernel
 
-__all__ = ["KERNEL_SPECS", "constraint_norm", "conjugate_subgradient", "kernel_label", "theory_kernels"]
+__all__ = ["KERNEL_SPECS", "constraint_norm", "conjugate_subgradient", "gauge_points", "kernel_label", "penalty_points",
+           "theory_kernels"]
 
 #: The five kernels of Table 2 with the parameters the checks use.
 KERNEL_SPECS: dict[str, dict[str, float | int]] = {
@@ -86,3 +87,31 @@ def constraint_norm(kernel: Kernel, x: Tensor) -> Tensor:
     if isinstance(kernel, (L1Kernel, ThresholdKernel, HuberKernel)):
         return inf
     raise ValueError(f"no constraint norm is known for {kernel!r} (built-in kernels: {', '.join(KERNEL_SPECS)})")
+
+
+def gauge_points(kernel: Kernel, pts: Tensor) -> Tensor:
+    """:func:`constraint_norm` of each row of ``pts`` (``... x d``), vectorized (built-in kernels)."""
+    a = pts.abs()
+    if isinstance(kernel, LpKernel):
+        q = kernel.q
+        return torch.linalg.vector_norm(pts, math.inf if math.isinf(q) else q, dim=-1)
+    inf = a.amax(dim=-1)
+    if isinstance(kernel, TopKKernel):
+        return torch.maximum(inf, a.sum(dim=-1) / min(kernel.k, pts.shape[-1]))
+    if isinstance(kernel, (L1Kernel, ThresholdKernel, HuberKernel)):
+        return inf
+    raise ValueError(f"no constraint norm is known for {kernel!r} (built-in kernels: {', '.join(KERNEL_SPECS)})")
+
+
+def penalty_points(kernel: Kernel, pts: Tensor, wd: float) -> Tensor:
+    """``K*(wd x) / wd`` of each row of ``pts`` inside the domain (``+inf`` outside): the
+    term Lion-K adds to ``f`` (seed 004, Table 2): 0 for l1, lp, top-k; ``e ||x||_1`` for
+    threshold; ``(e wd / 2) ||x||^2`` for Huber."""
+    inside = gauge_points(kernel, pts) * wd <= 1.0 + 1e-12
+    if isinstance(kernel, ThresholdKernel):
+        val = kernel.e * pts.abs().sum(dim=-1)
+    elif isinstance(kernel, HuberKernel):
+        val = 0.5 * kernel.e * wd * (pts * pts).sum(dim=-1)
+    else:
+        val = torch.zeros(pts.shape[:-1], dtype=pts.dtype)
+    return torch.where(inside, val, torch.full_like(val, math.inf))
