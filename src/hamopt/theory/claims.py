@@ -42,7 +42,8 @@ from .systems import (
     System,
 )
 
-__all__ = ["FAMILIES", "FamilyResult", "Record", "Settings", "TOL", "check_energy", "check_family", "run_claims"]
+__all__ = ["FAMILIES", "FamilyResult", "Record", "Settings", "StateCheck", "TOL", "check_energy", "check_family",
+           "check_lionk_constraint", "check_state", "run_claims", "trajectory_verdict"]
 
 #: Relative tolerance for "did not increase" (rounding of float64 sums of a few hundred terms).
 TOL = 1e-9
@@ -101,6 +102,27 @@ def _start(system: System, obj: Objective) -> dict[str, Tensor]:
     x0 = obj.x0()
     _, g0 = value_and_grad(obj, x0)
     return system.initial_state(x0, g0)
+
+
+@dataclass
+class StateCheck:
+    """One state: ``dH/dt`` (formula), the condition's slack, and whether ``dH/dt <= 0`` is
+    guaranteed there (the state condition and the parameter conditions hold)."""
+
+    dH_dt: float
+    slack: float
+    guaranteed: bool
+
+    @property
+    def verdict(self) -> str:
+        """``"guaranteed"`` or ``"not guaranteed"``."""
+        return "guaranteed" if self.guaranteed else "not guaranteed"
+
+
+def check_state(system: System, z: dict[str, Tensor], G: Tensor) -> StateCheck:
+    """Whether the energy's decrease is guaranteed at one state with gradient ``G``."""
+    slack = system.slack(z, G)
+    return StateCheck(float(system.dH_dt(z, G)), slack, slack >= 0 and system.parameters_ok())
 
 
 def trajectory_verdict(system: System, tr: Trajectory, always_conditional: bool = False) -> tuple[str, float, str]:
@@ -323,10 +345,12 @@ def family_lionk(settings: Settings, kernels: dict[str, Kernel] | None = None) -
 
 
 def check_lionk_constraint(kname: str, kern: Kernel, settings: Settings, lr: float = 0.02,
-                           wd: float = 1.0) -> tuple[list[Record], dict[str, list[float]]]:
+                           wd: float = 1.0, optimizer_wd: float | None = None
+                           ) -> tuple[list[Record], dict[str, list[float]]]:
     """Section 9 on a live :class:`hamopt.LionK`: from ``N(x_0) = 4/wd``,
     ``N(x_t) - 1/wd <= (1 - lr wd)^t (N(x_0) - 1/wd)`` at every step, and once inside
-    (``N <= 1/wd`` up to 1e-9 relative) it stays inside."""
+    (``N <= 1/wd`` up to 1e-9 relative) it stays inside. ``optimizer_wd`` runs the optimizer
+    with another weight decay than the claim's (so a test can see the check fail)."""
     import hamopt
 
     records = []
@@ -338,7 +362,8 @@ def check_lionk_constraint(kname: str, kern: Kernel, settings: Settings, lr: flo
         x0 = obj.x0()
         x0 = x0 * (4.0 / wd / float(constraint_norm(kern, x0)))
         p = torch.nn.Parameter(x0.clone())
-        opt = hamopt.create("lionk", [p], lr=lr, betas=(0.9, 0.99), weight_decay=wd, kernel=kname, **spec)
+        opt = hamopt.create("lionk", [p], lr=lr, betas=(0.9, 0.99), kernel=kname,
+                            weight_decay=wd if optimizer_wd is None else optimizer_wd, **spec)
         bound0 = float(constraint_norm(kern, p.detach())) - 1 / wd
         norms, bounds = [], []
         worst, entered, left = -math.inf, None, False

@@ -178,7 +178,10 @@ def draw_lecture(surface: Surface, paths: list[Path2D], path: Path, order: Seque
     ax.set_ylabel("y")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), framealpha=0.9)
     if surface.log_levels:
+        from .figures import _plain_log_labels
+
         ax2.set_yscale("log")
+        _plain_log_labels(ax2)
     else:
         ax2.set_yscale("symlog", linthresh=1e-2)
     ax2.set_xlabel("step")
@@ -187,8 +190,8 @@ def draw_lecture(surface: Surface, paths: list[Path2D], path: Path, order: Seque
     ax2.grid(True, which="major", alpha=0.3)
     fig.suptitle(f"Lecture visualization (seed 002): best lr per optimizer from {{{', '.join(map(_fmt_lr, grid))}}}; "
                  "H-Fac and AdaDiag use their vector rules on 2-D", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.subplots_adjust(wspace=0.62)
+    # fixed margins (tight_layout measures every artist: seconds per figure)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.09, top=0.87, wspace=0.62)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -229,7 +232,7 @@ def draw_energy(surface: Surface, paths: list[Path2D], path: Path, order: Sequen
     for j in range(n, rows * cols):
         axes[j // cols][j % cols].axis("off")
     fig.suptitle(f"{surface.title}: paths coloured by the family's energy H (hamopt.theory.energy)", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.subplots_adjust(left=0.06, right=0.95, bottom=0.08, top=0.86 if rows == 1 else 0.9, wspace=0.45, hspace=0.35)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -264,7 +267,7 @@ def draw_grams_figure1(path: Path, steps: int) -> list[Path2D]:
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
     fig.suptitle("Grams paper, Figure 1 (seed 003): f(w) = (0.5 w1)^2 + (0.1 w2)^2, default betas", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.11, top=0.86, wspace=0.25)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return paths
@@ -296,6 +299,9 @@ def draw_lionk_figure1(path: Path, steps: int, wd_points: int = 10) -> list[Path
     axes[0].legend(fontsize=8, loc="lower left")
     axes[1].set_title("f(x_t)", fontsize=10)
     axes[1].set_yscale("log")
+    from .figures import _plain_log_labels
+
+    _plain_log_labels(axes[1])
     axes[2].set_title("||x_t||_inf (dashed: 1/wd)", fontsize=10)
     wds = [0.1 + i * (1.9 / max(wd_points - 1, 1)) for i in range(wd_points)]
     final = []
@@ -318,7 +324,7 @@ def draw_lionk_figure1(path: Path, steps: int, wd_points: int = 10) -> list[Path
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"Lion-K paper, Figure 1 (seed 004): f(x) = (x1 - 1.5)^2 + x2^2, Lion lr {lr:g}, betas (0.9, 0.99), "
                  f"{steps} steps", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.12, top=0.85, wspace=0.22)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return paths
@@ -370,7 +376,7 @@ def draw_lionk_figure5(path: Path, steps: int) -> None:
             ax2.set_xlabel("step")
     fig.suptitle(f"Lion-K paper, Figure 5 (seed 004): kernels of Table 2 on (x1 - 1.5)^2 + x2^2, lr {lr:g}, "
                  f"{steps} steps; diamonds: minimizer of f + K*(wd x)/wd", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.04, top=0.95, wspace=0.25, hspace=0.3)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
