@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
                 failed += 1
             records.append(r)
             if not args.json:
-                print(f"{r.family:<15} {r.verdict:<11} margin {_fmt_margin(r.margin):>10}  {r.objective:<18} {r.claim}")
+                step = f" (h {r.h:g})" if r.h is not None else ""
+                note = f" [{r.note}]" if r.note else ""
+                print(f"{r.family:<15} {r.verdict:<11} margin {_fmt_margin(r.margin):>10}{step:<10} {r.objective:<18} "
+                      f"{r.claim}{note}")
         if not args.json:
             sys.stderr.write(f"  [{fam}: {len(res.records)} checks, {len(figs)} figures, "
                              f"{time.perf_counter() - t1:.1f} s]\n")

@@ -62,6 +62,12 @@ class Record:
     h: float | None = None
     detail: str = ""
     unconditional: bool = True
+    #: for conditional claims: where ``H`` rose relative to the condition (one phrase)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.note and not self.unconditional and self.detail:
+            self.note = self.detail.split(";")[0] if self.detail.startswith("H ") else ""
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -145,6 +151,15 @@ def trajectory_verdict(system: System, tr: Trajectory, always_conditional: bool 
     if not params:
         bad = [c for c, ok in system.parameter_conditions() if not ok]
         parts.append("parameter conditions do not hold: " + "; ".join(bad))
+    if system.conditional or always_conditional:
+        if not rises:
+            note = "H never rose" + (f", condition failed at {sum(s < 0 for s in tr.slack)} points" if cond_failed
+                                     else ", condition held throughout")
+        elif rises_ok:
+            note = "H rose where the condition held"
+        else:
+            note = "H rose only where the condition failed"
+        parts.insert(0, note)
     if rises_ok and params:
         verdict = "fails"
     elif always_conditional or rises or cond_failed or not params:
@@ -167,6 +182,9 @@ def probe_verdict(system: System, X: Tensor, settings: Settings, seed: int = 0,
     detail = f"{res.states} states; max dH/dt / N where the condition holds: {ok:.3g}"
     if system.conditional or always_conditional:
         detail += f", where it fails: {bad:.3g}"
+        note = ("H rose where the condition held" if ok > TOL else
+                "H rose only where the condition failed" if bad > TOL else "H never rose")
+        detail = note + "; " + detail
     if ok > TOL and params:
         return "fails", ok, detail
     if always_conditional or bad > TOL or not params:

@@ -73,6 +73,7 @@ def _energy_figure(res: FamilyResult, path: Path) -> None:
     h = None
     for j, obj in enumerate(objectives):
         ax = axes[0][j]
+        lowest = 1.0
         for i, (sname, trs) in enumerate(res.trajectories.items()):
             tr = trs.get(obj)
             if tr is None or not tr.energy:
@@ -80,8 +81,11 @@ def _energy_figure(res: FamilyResult, path: Path) -> None:
             h = tr.h
             e0 = tr.energy[0] if tr.energy[0] != 0 else 1.0
             ys = [max(e / e0, 1e-12) for e in tr.energy]
-            style = "--" if "broken" in sname else "-"
-            ax.plot(tr.t, ys, style, color=COLORS[i % len(COLORS)], lw=1.8, label=sname)
+            lowest = min(lowest, min(ys))
+            # line styles and widths differ per system, so systems whose energies coincide
+            # (Grams and Cautious on some objectives) stay visible
+            style = "--" if "broken" in sname else ["-", "--", "-.", ":"][i % 4]
+            ax.plot(tr.t, ys, style, color=COLORS[i % len(COLORS)], lw=max(2.6 - 0.4 * i, 1.2), label=sname)
             if tr.system.conditional or res.family == "adafactor_m":
                 for a, b in _spans(tr):
                     ax.axvspan(a, b, color=COLORS[i % len(COLORS)], alpha=0.12, lw=0,
@@ -89,12 +93,15 @@ def _energy_figure(res: FamilyResult, path: Path) -> None:
                     shaded_label = True
             for t in tr.refreshes[1:]:
                 ax.axvline(t, color=COLORS[i % len(COLORS)], ls=":", lw=0.8, alpha=0.6)
-        ax.set_yscale("log")
-        _plain_log_labels(ax)
-        ax.set_title(obj)
+        if lowest < 0.1:  # more than a decade: log scale
+            ax.set_yscale("log")
+            _plain_log_labels(ax)
+            ax.set_title(f"{obj} (log y)")
+        else:
+            ax.set_title(obj)
         ax.set_xlabel("time t")
         if j == 0:
-            ax.set_ylabel("H(t) / H(0)  (log scale)")
+            ax.set_ylabel("H(t) / H(0)")
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = [], []
     for ax in axes[0]:

@@ -83,6 +83,7 @@ def run_path(name: str, surface: Surface, lr: float, steps: int, energy: bool = 
     box = box or surface.box
     p = torch.nn.Parameter(torch.tensor(start or surface.start, dtype=torch.float64))
     opt = hamopt.create(name, [p], lr=lr, **kwargs)
+    graph = hamopt.get(name).step_needs == "graph"  # e.g. Sophia's Hessian estimate
     path = Path2D(name, lr)
     can_energy = energy
     if energy:
@@ -109,7 +110,7 @@ def run_path(name: str, surface: Surface, lr: float, steps: int, energy: bool = 
         if k == steps:
             break
         opt.zero_grad()
-        surface.fn(p).backward()
+        surface.fn(p).backward(create_graph=graph)
         opt.step()
     return path
 
