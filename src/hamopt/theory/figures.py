@@ -40,7 +40,9 @@ def _plain_log_labels(ax: Any) -> None:
     """Log axis with tick labels as plain numbers (0.5, not 5 x 10^-1)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    lo, hi = ax.get_ylim()
+    wide = lo > 0 and hi / lo > 1e3  # over three decades: powers of ten only
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 

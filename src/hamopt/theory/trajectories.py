@@ -72,6 +72,19 @@ def _inside(p: tuple[float, float], box: tuple[float, float, float, float]) -> b
     return box[0] <= p[0] <= box[1] and box[2] <= p[1] <= box[3] and all(map(math.isfinite, p))
 
 
+def _exit_point(a: tuple[float, float], b: tuple[float, float],
+                box: tuple[float, float, float, float]) -> tuple[float, float]:
+    """The point where the segment from ``a`` (inside the box) to ``b`` (outside) leaves it."""
+    s = 1.0
+    for k, (lo, hi) in enumerate(((box[0], box[1]), (box[2], box[3]))):
+        d = b[k] - a[k]
+        if b[k] > hi and d != 0:
+            s = min(s, (hi - a[k]) / d)
+        elif b[k] < lo and d != 0:
+            s = min(s, (lo - a[k]) / d)
+    return (a[0] + s * (b[0] - a[0]), a[1] + s * (b[1] - a[1]))
+
+
 def run_path(name: str, surface: Surface, lr: float, steps: int, energy: bool = False,
              start: tuple[float, float] | None = None, box: tuple[float, float, float, float] | None = None,
              **kwargs: Any) -> Path2D:
@@ -98,9 +111,11 @@ def run_path(name: str, surface: Surface, lr: float, steps: int, energy: bool = 
             f = float(surface.fn(p))
         if not (_inside(x, box) and math.isfinite(f)):
             path.left_at = k
-            if all(map(math.isfinite, x)):
-                path.xs.append(x)
-                path.end_loss = f
+            if path.xs and all(map(math.isfinite, x)):
+                edge = _exit_point(path.xs[-1], x, box)  # where the step crosses the plot's edge
+                path.xs.append(edge)
+                with torch.no_grad():
+                    path.end_loss = float(surface.fn(torch.tensor(edge, dtype=torch.float64)))
             break
         path.end_loss = f
         path.xs.append(x)
@@ -155,7 +170,7 @@ def _draw_path(ax: Any, pth: Path2D, color: str, label: str, lw: float = 1.6) ->
     ys = [p[1] for p in pth.xs]
     ax.plot(xs, ys, "-", color=color, lw=lw, label=label, alpha=0.9)
     if pth.left_at is not None and pth.xs:
-        ax.plot(xs[-1], ys[-1], "x", color=color, ms=10, mew=2.5, zorder=6)
+        ax.plot(xs[-1], ys[-1], "x", color=color, ms=10, mew=2.5, zorder=6, clip_on=False)
 
 
 def _fmt_lr(lr: float) -> str:
