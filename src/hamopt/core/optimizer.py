@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import ops, sharding
+from . import ops, rounding, sharding
 from .transform import BUCKET, ELEMENT, Chain, StepContext, Transform
 
 __all__ = ["ChainedOptimizer", "ParamsT"]
@@ -219,9 +219,8 @@ class ChainedOptimizer(torch.optim.Optimizer):
             for chunk in pieces:
                 self._apply_piece(group, chunk, cparams, cgrads, states, steps, params, foreach, body, decay,
                                   lr_last, spares)
-        if cast:
-            for p, cp in zip(params, cparams):
-                p.copy_(cp)
+        if cast:  # round-to-nearest, or stochastic rounding when the group asks for it
+            rounding.write_back(params, cparams, group)
 
     def _apply(self, ctx: StepContext, body: Transform, decay: bool, lr_last: bool) -> None:
         """Run ``body`` on ``ctx`` and add the update to ``ctx.params``."""
