@@ -57,7 +57,7 @@ def test_exact_values_and_specials_are_kept() -> None:
     special = torch.tensor([float("inf"), float("-inf"), float("nan")])
     out = stochastic_round_to_bf16(special).float()
     assert out[0] == float("inf") and out[1] == float("-inf") and out[2].isnan()
-    with pytest.raises(ValueError, match="expects a float32 tensor, got torch.float64"):
+    with pytest.raises(ValueError, match=r"expects a float32 tensor, got torch\.float64"):
         stochastic_round_to_bf16(torch.zeros(2, dtype=torch.float64))
 
 
