@@ -182,3 +182,42 @@ def test_docs_examples_run(page: str, i: int, code: str, tmp_path, monkeypatch) 
 
 def test_docs_pages_have_examples() -> None:
     assert len([b for b in _BLOCKS if b[0] == "parameter-groups.md"]) >= 3
+
+
+# ---------------------------------------------------------------------------- hamopt list --model
+def test_cli_list_model_groups_and_params(capsys) -> None:
+    import json
+
+    from hamopt.cli import main
+
+    assert main(["list", "--model", "cnn", "--params", "sgd"]) == 0
+    out = capsys.readouterr().out
+    # SmallCNN(1, 8, 10): c1 16x1x3x3 = 144 (+16 bias), c2 32x16x3x3 = 4608 (+32), out 10x512 = 5120 (+10)
+    assert "cnn: SmallCNN, 9,930 parameters" in out
+    assert re.search(r"c1\.bias\s+16\s+vectors\s+no \(bias\)", out)
+    assert re.search(r"out\.weight\s+10x512\s+head\s+yes", out)
+    assert re.search(r"^0\s+sgd\s+3\s+9,872\s", out, re.M) and re.search(r"^1\s+sgd\s+3\s+58\s", out, re.M)
+    assert main(["list", "--model", "tinyllama", "--partition", "matrices=hfac,rest=adamw", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    groups = data["optimizers"][0]["groups"]
+    assert [g["rule"] for g in groups] == ["matrices: hfac", "rest: adamw", "rest: adamw"]
+    # TinyLlama(): 2 blocks x (4 x 64x64 + 3 x 172x64) = 98,816; embed + head 2 x 256x64; 5 norms x 64
+    assert [g["numel"] for g in groups] == [98816, 32768, 320]
+    # AdamW's predicted state: 2 moments x 4 bytes x numel + a 4-byte step per tensor
+    assert groups[1]["expected_state_bytes"] == 32768 * 8 + 2 * 4
+    assert main(["list", "--model", "torch.nn:Identity"]) == 2  # no parameter: a one-line error
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["list", "--model", "nope"], "unknown model 'nope'; choose one of tinyllama, charlm, mlp, cnn"),
+    (["list", "--model", "no_such_module:f"], "cannot import --model 'no_such_module:f'"),
+    (["list", "--model", "mlp", "--partition", "matrices"], "bad --partition item 'matrices'"),
+    (["list", "--model", "mlp", "--partition", "matrix=hfac"], "Unknown selector 'matrix'; did you mean 'matrices'"),
+    (["list", "--params"], "--partition, --params and --weight-decay need --model"),
+])
+def test_cli_list_model_errors(argv: list[str], message: str, capsys) -> None:
+    from hamopt.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hamopt: error: ") and message in err and err.count("\n") == 1
