@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,17 @@ def test_lightning_checkpoint_resumes_bit_for_bit(tmp_path) -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)
     for (n, p), q in zip(full.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), n
+
+
+# ---------------------------------------------------------------------------- docs/integrations.md
+_DOC = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
+_DOC_BLOCKS = re.findall(r"```python\n(.*?)```", _DOC.read_text(), re.S)
+
+
+def test_docs_integrations_examples_run(tmp_path, monkeypatch) -> None:
+    assert len(_DOC_BLOCKS) == 3
+    monkeypatch.chdir(tmp_path)
+    for i, code in enumerate(_DOC_BLOCKS):
+        exec(compile(code, f"integrations.md block {i}", "exec"), {"__name__": "__docs__"})
+    assert (tmp_path / "out" / "checkpoint-2" / "optimizer.pt").exists()
+    assert (tmp_path / "lightning" / "checkpoints" / "epoch=0-step=2.ckpt").exists()
