@@ -49,7 +49,12 @@ def stochastic_round_to_bf16(x: Tensor, generator: torch.Generator | None = None
     """
     if x.dtype != torch.float32:
         raise ValueError(f"stochastic_round_to_bf16 expects a float32 tensor, got {x.dtype}")
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    if torch.compiler.is_compiling():  # the compiler lowers randint to its own generator
+        noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    else:
+        # random_() fills [0, 2^31) without a modulo (about twice as fast as randint(0, 2^16)
+        # on a CPU); its lower 16 bits are uniform on [0, 2^16). Dynamo does not trace it.
+        noise = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_(generator=generator) & 0xFFFF
     bits = (x.view(torch.int32) + noise) & _LOW_MASK
     rounded = bits.view(torch.float32)
     rounded = torch.where(torch.isfinite(x), rounded, x)
