@@ -158,6 +158,26 @@ def test_state_dict_is_torch_format_and_resumes_bit_for_bit(tmp_path) -> None:
     assert [float(s["step"]) for s in twin.state.values()] == [6.0] * len(BLOCK_MATRICES)
 
 
+def test_a_wrapper_child_with_a_state_dict_format_of_its_own() -> None:
+    # Lookahead's state_dict holds its base's inside: the composite keeps it whole
+    def run(resume: bool) -> list[torch.Tensor]:
+        model = _mlp()
+        opt = hamopt.partition(model, {"matrices": "hfac", "rest": ("lookahead", {"k": 2})})
+        _train(model, opt, range(3))
+        if resume:
+            sd = copy.deepcopy(opt.state_dict())
+            model2 = copy.deepcopy(model)
+            opt = hamopt.partition(model2, {"matrices": "hfac", "rest": ("lookahead", {"k": 2})})
+            opt.load_state_dict(sd)
+            model = model2
+        _train(model, opt, range(3, 6))
+        assert hamopt.state_bytes(opt) == sum(r["state_bytes"] for r in hamopt.groups.group_rows(opt)) > 0
+        return [p.detach() for p in model.parameters()]
+
+    for a, b in zip(run(False), run(True)):
+        assert torch.equal(a, b)
+
+
 def test_hooks_fire_once_zero_grad_and_closure() -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 

@@ -513,6 +513,16 @@ class PartitionedOptimizer(torch.optim.Optimizer):
         extra: dict[int, dict[str, Any]] = {}
         for k, (o, off) in enumerate(zip(self.optimizers, self._offsets())):
             sd = o.state_dict()
+            if "param_groups" not in sd or "state" not in sd:
+                # A child with a format of its own (Lookahead: its base's state dict inside):
+                # kept whole; its groups are listed for the shape of the format only.
+                extra[k] = {"opaque": sd}
+                n = off
+                for g in o.param_groups:
+                    groups.append({**{key: v for key, v in g.items() if key != "params"},
+                                   "params": list(range(n, n + len(g["params"])))})
+                    n += len(g["params"])
+                continue
             for pid, s in sd["state"].items():
                 state[int(pid) + off] = s
             for g in sd["param_groups"]:
@@ -546,6 +556,10 @@ class PartitionedOptimizer(torch.optim.Optimizer):
         for k, (o, n) in enumerate(zip(self.optimizers, mine)):
             part = groups[start:start + n]
             start += n
+            mine_extra = dict(extra.get(k, extra.get(str(k), {})))
+            if "opaque" in mine_extra:
+                o.load_state_dict(mine_extra["opaque"])
+                continue
             # Saved ids are matched by position (ints from state_dict(), FQNs from torch's
             # distributed checkpoint helpers); each child numbers its own parameters from 0.
             local: dict[Any, int] = {}
@@ -555,7 +569,7 @@ class PartitionedOptimizer(torch.optim.Optimizer):
             sub = {
                 "state": {local[pid]: s for pid, s in saved_state.items() if pid in local},
                 "param_groups": sub_groups,
-                **extra.get(k, extra.get(str(k), {})),
+                **mine_extra,
             }
             o.load_state_dict(sub)
         for post in self._optimizer_load_state_dict_post_hooks.values():
@@ -675,8 +689,9 @@ def _state_bytes_of(opt: torch.optim.Optimizer, params: Sequence[Tensor]) -> int
     from .memory import _local, _tensors
 
     total, seen = 0, set()
-    for p in params:
-        st = opt.state.get(p) if hasattr(opt.state, "get") else None
+    opts = [opt, *(o for o in (getattr(opt, "base_optimizer", None),) if isinstance(o, torch.optim.Optimizer))]
+    for p, o in ((p, o) for p in params for o in opts):  # a wrapper's state and its base's
+        st = o.state.get(p) if hasattr(o.state, "get") else None
         for t in _tensors(st or {}):
             t = _local(t)
             key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
