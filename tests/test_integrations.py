@@ -134,8 +134,9 @@ def test_trainer_with_optimizer_cls_and_kwargs(tmp_path) -> None:
 
 # ---------------------------------------------------------------------------- Lightning
 class _LitLM(pl.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, partitioned: bool = False) -> None:
         super().__init__()
+        self.partitioned = partitioned
         from hamopt.bench.models import TinyLlama
 
         torch.manual_seed(0)
@@ -147,7 +148,11 @@ class _LitLM(pl.LightningModule):
         return nn.functional.cross_entropy(logits.reshape(-1, 64), x[:, 1:].reshape(-1))
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
-        opt = hamopt.create("hfac", self.model, lr=1e-2, weight_decay=0.1)
+        if self.partitioned:
+            opt = hamopt.partition(self.model, {"matrices": ("hfac", {"lr": 1e-2, "weight_decay": 0.1}),
+                                                "rest": ("lion", {"lr": 1e-2, "weight_decay": 0.1})})
+        else:
+            opt = hamopt.create("hfac", self.model, lr=1e-2, weight_decay=0.1)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -166,18 +171,21 @@ def _pl_trainer(root: Path, epochs: int) -> pl.Trainer:
                       default_root_dir=str(root))
 
 
-def test_lightning_checkpoint_resumes_bit_for_bit(tmp_path) -> None:
-    full = _LitLM()
+@pytest.mark.parametrize("partitioned", [False, True], ids=["create", "partition"])
+def test_lightning_checkpoint_resumes_bit_for_bit(tmp_path, partitioned: bool) -> None:
+    full = _LitLM(partitioned)
     _pl_trainer(tmp_path / "a", epochs=2).fit(full, _loader())  # 2 epochs of 3 steps
     ckpt = tmp_path / "a" / "epoch=0.ckpt"
     saved = torch.load(ckpt, weights_only=False)
-    assert saved["optimizer_states"][0]["param_groups"][0]["param_names"][0] == "embed.weight"
-    resumed = _LitLM()
+    first = "blocks.0.q.weight" if partitioned else "embed.weight"
+    assert saved["optimizer_states"][0]["param_groups"][0]["param_names"][0] == first
+    resumed = _LitLM(partitioned)
     trainer = _pl_trainer(tmp_path / "b", epochs=2)
     trainer.fit(resumed, _loader(), ckpt_path=str(ckpt))
     assert trainer.global_step == 6
     opt = trainer.optimizers[0]
-    assert isinstance(opt, hamopt.HFac) and {float(s["step"]) for s in opt.state.values()} == {6.0}
+    assert isinstance(opt, hamopt.PartitionedOptimizer if partitioned else hamopt.HFac)
+    assert {float(s["step"]) for s in opt.state.values()} == {6.0}
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)
     for (n, p), q in zip(full.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), n
