@@ -82,10 +82,13 @@ def test_compiles() -> None:
     assert abs((out == 1.0 + 2**-7).float().mean().item() - 0.25) < 0.02
 
 
-def _lion_run(sr: bool, steps: int = 100, seed: int = 0) -> torch.Tensor:
+def _lion_run(sr: bool, steps: int = 100, seed: int = 0, compiled: bool = False) -> torch.Tensor:
     torch.manual_seed(seed)
     p = torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))
     opt = hamopt.create("lion", [p], lr=1e-4, weight_decay=0.0, stochastic_rounding=sr)
+    if compiled:
+        torch._dynamo.reset()
+        opt = hamopt.compile_step(opt, backend="aot_eager")
     for _ in range(steps):
         p.grad = torch.ones_like(p)  # Lion's update is sign(.) = 1 exactly: p <- p - lr each step
         opt.step()
@@ -101,6 +104,8 @@ def test_small_updates_survive_on_average_in_an_optimizer() -> None:
     # per element: a random walk of 100 unbiased roundings, each error of variance <= (2^-8)^2 / 4,
     # so a standard deviation <= 10 * 2^-8 / 2; the mean over 4096 elements: 5 standard errors
     assert abs(sr.mean().item() - target) < 5 * (10 * 2**-8 / 2) / math.sqrt(4096)
+    # the rounding traces inside a compiled step too (randint there instead of random_)
+    assert abs(_lion_run(sr=True, compiled=True).mean().item() - target) < 5 * (10 * 2**-8 / 2) / math.sqrt(4096)
     assert torch.equal(sr, _lion_run(sr=True))  # same seed, same run
     assert not torch.equal(sr, _lion_run(sr=True, seed=1))
 
