@@ -10,8 +10,10 @@
 # - Installs torch only when the environment has none: the CPU build torch==2.13.0 when no
 #   NVIDIA GPU is visible (a bare "pip install torch" would pull a multi-GB CUDA build),
 #   the default PyPI build when nvidia-smi finds a GPU. Override with HAMOPT_TORCH_SPEC.
-# - Installs hamopt in editable mode with the extras in HAMOPT_EXTRAS (default "dev"), and
-#   skips all of this when nothing changed since the last run (a stamp file in the env).
+# - Installs hamopt in editable mode with the extras in HAMOPT_EXTRAS (default "dev", which
+#   includes "bench" and "integrations": transformers, accelerate, lightning), keeping the
+#   installed torch (a pip constraint), and skips all of this when nothing changed since the
+#   last run (a stamp file in the env).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
@@ -67,7 +69,11 @@ else
 fi
 
 log "installing hamopt[$extras]"
-"$py" -m pip install -q -e ".[$extras]" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+# Pin the torch now installed, so no extra (transformers, lightning, ...) can replace it by
+# another build (a bare resolution could pull a multi-GB CUDA torch).
+constraint=$venv/.hamopt-torch-constraint.txt
+echo "torch==$("$py" -c 'import torch; print(torch.__version__)')" > "$constraint"
+"$py" -m pip install -q -c "$constraint" -e ".[$extras]" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
 "$py" -c 'import hamopt' >/dev/null 2>&1 || { log "hamopt install failed"; exit 1; }
 echo "$want" > "$stamp"
 echo "$py"

@@ -14,30 +14,38 @@ optimizers (:mod:`hamopt.optim`, one module per paper family), the registry
 """
 
 from . import fast, transforms  # fast: registers the fast paths of the transforms
+from ._version import __version__
 from .core import Chain, ChainedOptimizer, StepContext, Transform, chain, compile_step
+from .core.rounding import enable_stochastic_rounding, stochastic_round_to_bf16
+from .groups import PartitionedOptimizer, describe, param_groups, partition, select
 from .memory import expected_state_bytes, state_bytes
 from .optim import *  # noqa: F403
 from .optim import __all__ as _optim_all
 from .registry import OptimizerInfo, create, get, list_optimizers, register
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Chain",
     "ChainedOptimizer",
     "OptimizerInfo",
+    "PartitionedOptimizer",
     "StepContext",
     "Transform",
     "__version__",
     "chain",
     "compile_step",
     "create",
+    "describe",
+    "enable_stochastic_rounding",
     "expected_state_bytes",
     "fast",
     "get",
     "list_optimizers",
+    "param_groups",
+    "partition",
     "register",
+    "select",
     "state_bytes",
+    "stochastic_round_to_bf16",
     "transforms",
     *_optim_all,
 ]

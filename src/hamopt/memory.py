@@ -42,7 +42,8 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
     Counts every tensor reachable from ``optimizer.state`` (nested dicts and lists too),
     each storage once. Wrappers expose their inner optimizer as ``base_optimizer`` (or
-    ``optimizer``); its state is added. For DTensor state only the local shard counts.
+    ``optimizer``), and :func:`hamopt.partition`'s composite its children as ``optimizers``;
+    their state is added. For DTensor state only the local shard counts.
     """
     seen: set[tuple[int, int]] = set()
     total = 0
@@ -60,10 +61,11 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
                 continue
             seen.add(key)
             total += t.numel() * t.element_size()
-        for attr in ("base_optimizer", "optimizer"):
+        for attr in ("base_optimizer", "optimizer", "optimizers"):  # optimizers: hamopt.partition's
             inner = getattr(opt, attr, None)
-            if isinstance(inner, torch.optim.Optimizer):
-                stack.append(inner)
+            for o in inner if isinstance(inner, (list, tuple)) else [inner]:
+                if isinstance(o, torch.optim.Optimizer):
+                    stack.append(o)
     return total
 
 

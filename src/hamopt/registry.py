@@ -172,14 +172,37 @@ def get(name: str) -> OptimizerInfo:
     raise ValueError(f"Unknown optimizer {name!r}{hint} (hamopt list shows all {len(names)})")
 
 
-def create(name: str, params: Iterable[Any], **overrides: Any) -> torch.optim.Optimizer:
+def create(name: str, params: Iterable[Any] | torch.nn.Module, *, filter_bias_and_norm: bool = True,
+           **overrides: Any) -> torch.optim.Optimizer:
     """Build the optimizer registered as ``name`` with its defaults updated by ``overrides``.
+
+    ``params`` is what any torch optimizer takes (parameters or parameter groups) or a model
+    (``torch.nn.Module``). A model's trainable parameters are split as
+    :func:`hamopt.param_groups` does: weight decay on matrices and convolution kernels, none
+    on biases, normalization layers (torch's and any module whose own parameters are all
+    1-D) and the model's ``no_weight_decay()`` names; each group carries ``param_names``.
+    ``filter_bias_and_norm=False`` puts every parameter in one group instead.
+
+    ``stochastic_rounding=True`` (hamopt's own optimizers) writes bfloat16 parameters back
+    from the float32 update with stochastic rounding (:mod:`hamopt.core.rounding`).
 
     Raises:
         ValueError: unknown name (the message lists the closest names) or a bad
             hyperparameter value (the message names the argument and value).
     """
-    return get(name).create(params, **overrides)
+    info = get(name)
+    sr = overrides.pop("stochastic_rounding", None)
+    if isinstance(params, torch.nn.Module):
+        from .groups import _module_groups
+
+        params = _module_groups(params, filter_bias_and_norm, None)
+    opt = info.create(params, **overrides)
+    if sr is not None:
+        from .core.rounding import enable_stochastic_rounding
+
+        enable_stochastic_rounding(opt, bool(sr))
+    opt.hamopt_name = info.name  # type: ignore[attr-defined]  # read by hamopt.describe
+    return opt
 
 
 # ---------------------------------------------------------------------- shape helpers

@@ -40,7 +40,10 @@ def compile_step(optimizer: O, **compile_kwargs: Any) -> O:
     """
     from .optimizer import ChainedOptimizer
 
-    for group in optimizer.param_groups if isinstance(optimizer, ChainedOptimizer) else ():
+    # hamopt.partition's composite: its children's groups (each its own optimizer's).
+    children = getattr(optimizer, "optimizers", None) or [optimizer]
+    groups = [g for o in children if isinstance(o, ChainedOptimizer) for g in o.param_groups]
+    for group in groups:
         lr = group["lr"]
         if isinstance(lr, Tensor):
             continue

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import ops, sharding
+from .. import ops, rounding, sharding
 from ..transform import StepContext, Transform
 from .counters import advance_steps
 from .gathered import run_gathered
@@ -116,6 +116,5 @@ class Engine:
                                                foreach=foreach, leaves=params))
         else:
             run_pieces(pieces, transform, group, cparams, cgrads, states, steps, params, foreach, apply_chain)
-        if cast:
-            for p, cp in zip(params, cparams):
-                p.copy_(cp)
+        if cast:  # round-to-nearest, or stochastic rounding when the group asks for it
+            rounding.write_back(params, cparams, group)
