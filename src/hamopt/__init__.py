@@ -16,7 +16,8 @@ optimizers (:mod:`hamopt.optim`, one module per paper family), the registry
 from . import fast, transforms  # fast: registers the fast paths of the transforms
 from ._version import __version__
 from .core import Chain, ChainedOptimizer, StepContext, Transform, chain, compile_step
-from .core.rounding import enable_stochastic_rounding, stochastic_round_to_bf16
+from .core.optimizer import enable_stochastic_rounding
+from .core.rounding import stochastic_round_to_bf16
 from .groups import PartitionedOptimizer, describe, param_groups, partition, select
 from .memory import expected_state_bytes, state_bytes
 from .optim import *  # noqa: F403

@@ -9,6 +9,7 @@ registered optimizer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from .registry import OptimizerInfo, get
 
-__all__ = ["expected_state_bytes", "state_bytes"]
+__all__ = ["expected_state_bytes", "fmt_bytes", "state_bytes"]
 
 
 def _tensors(obj: Any) -> Iterable[Tensor]:
@@ -90,3 +91,16 @@ def expected_state_bytes(
             size = 4 if p.dtype in (torch.bfloat16, torch.float16) else p.element_size()
         total += info.state_bytes_for(tuple(p.shape), size)
     return total
+
+
+def fmt_bytes(n: float | None) -> str:
+    """``1536 -> '1.5 KiB'``."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    x = float(n)
+    for u in units:
+        if abs(x) < 1024 or u == units[-1]:
+            return f"{x:.0f} {u}" if u == "B" else f"{x:.1f} {u}"
+        x /= 1024
+    return f"{x:.1f} TiB"  # pragma: no cover

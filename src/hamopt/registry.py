@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .core.optimizer import enable_stochastic_rounding
+from .model_groups import _module_groups
 from .optim import AMS, CLion, Grams, HFac, Lion, LionK, Lookahead, Ranger, SignFSGD, Sophia
 from .optim import adadiag as _adadiag
 from .optim import ams as _ams
@@ -193,13 +195,9 @@ def create(name: str, params: Iterable[Any] | torch.nn.Module, *, filter_bias_an
     info = get(name)
     sr = overrides.pop("stochastic_rounding", None)
     if isinstance(params, torch.nn.Module):
-        from .groups import _module_groups
-
         params = _module_groups(params, filter_bias_and_norm, None)
     opt = info.create(params, **overrides)
     if sr is not None:
-        from .core.rounding import enable_stochastic_rounding
-
         enable_stochastic_rounding(opt, bool(sr))
     opt.hamopt_name = info.name  # type: ignore[attr-defined]  # read by hamopt.describe
     return opt

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from ..memory import fmt_bytes
 from ..registry import OptimizerInfo, get, list_optimizers
 
 __all__ = ["fill_grads", "fmt_bytes", "make_params", "missing_extra", "resolve_optimizers"]
@@ -70,16 +70,3 @@ def fill_grads(params: Sequence[Tensor], graph: bool, seed: int = 0,
         loss = sum((0.5 * (p * p).sum() + (p * b).sum() for p, b in zip(params, offsets)), torch.zeros(()))
         loss.backward(create_graph=True)
     return list(offsets)
-
-
-def fmt_bytes(n: float | None) -> str:
-    """``1536 -> '1.5 KiB'``."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "-"
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    x = float(n)
-    for u in units:
-        if abs(x) < 1024 or u == units[-1]:
-            return f"{x:.0f} {u}" if u == "B" else f"{x:.1f} {u}"
-        x /= 1024
-    return f"{x:.1f} TiB"  # pragma: no cover

@@ -30,7 +30,7 @@ from . import validation as V
 from .engine import Engine
 from .transform import Chain, Transform
 
-__all__ = ["ChainedOptimizer", "ParamsT"]
+__all__ = ["ChainedOptimizer", "ParamsT", "enable_stochastic_rounding"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -217,3 +217,24 @@ class ChainedOptimizer(torch.optim.Optimizer):
             group.setdefault("state_dtype", None)
             group.setdefault("nonfinite", "propagate")
             group.setdefault("nonfinite_skipped", 0)
+
+
+def enable_stochastic_rounding(optimizer: torch.optim.Optimizer, enabled: bool = True) -> torch.optim.Optimizer:
+    """Set ``stochastic_rounding`` on every parameter group of a hamopt optimizer (one
+    built on :class:`~hamopt.ChainedOptimizer`, or a :func:`hamopt.partition` of them).
+
+    Raises:
+        ValueError: an optimizer whose step does not read the setting (``torch.optim``'s
+            classes), rather than silently rounding to nearest.
+    """
+    children = getattr(optimizer, "optimizers", None) or [getattr(optimizer, "base_optimizer", optimizer)]
+    for o in children:
+        inner = getattr(o, "base_optimizer", o)
+        if enabled and not isinstance(inner, ChainedOptimizer):
+            raise ValueError(
+                f"stochastic_rounding=True needs one of hamopt's own optimizers; {type(inner).__name__} "
+                "writes its parameters itself (round to nearest)"
+            )
+        for g in inner.param_groups:
+            g["stochastic_rounding"] = bool(enabled)
+    return optimizer

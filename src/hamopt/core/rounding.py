@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["enable_stochastic_rounding", "stochastic_round_to_bf16", "write_back"]
+__all__ = ["stochastic_round_to_bf16", "write_back"]
 
 _LOW_MASK = -65536  # 0xFFFF0000 as a signed int32: keeps the upper 16 bits
 
@@ -71,26 +71,3 @@ def write_back(params: Sequence[Tensor], computed: Sequence[Tensor], group: Mapp
             p.copy_(stochastic_round_to_bf16(cp))
         else:
             p.copy_(cp)
-
-
-def enable_stochastic_rounding(optimizer: torch.optim.Optimizer, enabled: bool = True) -> torch.optim.Optimizer:
-    """Set ``stochastic_rounding`` on every parameter group of a hamopt optimizer (one
-    built on :class:`~hamopt.ChainedOptimizer`, or a :func:`hamopt.partition` of them).
-
-    Raises:
-        ValueError: an optimizer whose step does not read the setting (``torch.optim``'s
-            classes), rather than silently rounding to nearest.
-    """
-    from .optimizer import ChainedOptimizer
-
-    children = getattr(optimizer, "optimizers", None) or [getattr(optimizer, "base_optimizer", optimizer)]
-    for o in children:
-        inner = getattr(o, "base_optimizer", o)
-        if enabled and not isinstance(inner, ChainedOptimizer):
-            raise ValueError(
-                f"stochastic_rounding=True needs one of hamopt's own optimizers; {type(inner).__name__} "
-                "writes its parameters itself (round to nearest)"
-            )
-        for g in inner.param_groups:
-            g["stochastic_rounding"] = bool(enabled)
-    return optimizer
