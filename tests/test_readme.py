@@ -83,14 +83,25 @@ def test_readme_optimizer_table_is_current() -> None:
     assert table in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``page`` (fenced code left out)."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+    heads = re.findall(r"^#+ (.+)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def test_relative_links_resolve() -> None:
-    link = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
+    """Every relative link points at a file that exists, and at one of its headings if it names one."""
+    link = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
     missing = []
     for page in PAGES:
-        for target, _ in link.findall(page.read_text(encoding="utf-8")):
+        for target, anchor in link.findall(page.read_text(encoding="utf-8")):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            path = (page.parent / target).resolve()
-            if not path.exists() and path.name not in PENDING:
-                missing.append(f"{page.relative_to(ROOT)} -> {target}")
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists():
+                if path.name not in PENDING:
+                    missing.append(f"{page.relative_to(ROOT)} -> {target}")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                missing.append(f"{page.relative_to(ROOT)} -> {target}#{anchor}")
     assert not missing, missing
