@@ -59,6 +59,8 @@ def test_worse_and_no_detectable_difference() -> None:
     # a consistent but negligible gain (0.1% of the loss) is no difference either
     tiny = paired_comparison([x * 0.999 for x in base], base, False)
     assert tiny.verdict == NO_DIFFERENCE and tiny.high < 1.0
+    tiny = paired_comparison([x * 1.001 for x in base], base, False)
+    assert tiny.verdict == NO_DIFFERENCE and tiny.low > 1.0
 
 
 def test_accuracy_scale_in_percentage_points() -> None:

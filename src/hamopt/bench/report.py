@@ -361,9 +361,10 @@ def _markdown(res: dict[str, Any], summary: dict[str, dict[str, Any]], files: di
     from .shapes import model_shapes
 
     shapes = [s for _, s in model_shapes("llama60m")]
-    L.append("Optimizer state in bytes per parameter (float32 state): measured on each task (`state_bytes` after "
-             "the run, divided by the number of parameter entries) and predicted by the registry formula for the "
-             "LLaMA-60M shapes (AdamW: 8).\n")
+    L.append("Optimizer state in bytes per parameter: measured on each task (`state_bytes` after the run, step "
+             "counters included, divided by the number of parameter entries; in the task's dtype: the toy problems "
+             "and the quadratics are float64) and predicted by the registry formula for the LLaMA-60M shapes in "
+             "float32 (AdamW: 8).\n")
     tasks = list(res["tasks"])
     L.append("| optimizer | LLaMA-60M | " + " | ".join(tasks) + " |")
     L.append("|---|---|" + "---|" * len(tasks))
