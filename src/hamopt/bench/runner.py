@@ -79,7 +79,7 @@ SUITE_LR_CENTRES: dict[str, float] = {"lionk": 1e-2}
 SUITES: dict[str, Suite] = {
     "quick": Suite(("rosenbrock", "noisy_quadratic", "matrix_regression", "digits_mlp", "charlm"), _QUICK_OPTS,
                    grid=3, seeds=3,
-                   description="5 small tasks, 3 learning rates, 3 seeds (under 5 minutes on 2 CPU cores)"),
+                   description="5 small tasks, 3 learning rates, 3 seeds (about 5-7 minutes on 2 idle CPU cores)"),
     "standard": Suite(tuple(TASKS), _STANDARD_OPTS, grid=5, seeds=3,
                       description="every task (charlm_large: 1.8M parameters, 1200 steps), 5 learning rates, "
                                   "3 seeds; meant for a GPU (--device cuda): days on 2 CPU cores"),
