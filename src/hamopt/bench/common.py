@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -11,7 +15,21 @@ from torch import Tensor
 from ..memory import fmt_bytes
 from ..registry import OptimizerInfo, get, list_optimizers
 
-__all__ = ["fill_grads", "fmt_bytes", "make_params", "missing_extra", "resolve_optimizers"]
+__all__ = ["atomic_write", "fill_grads", "fmt_bytes", "make_params", "missing_extra", "resolve_optimizers"]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so a
+    reader never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def missing_extra(module: str) -> str:

