@@ -18,7 +18,7 @@ from .factored import *  # noqa: F403
 from .lecture import *  # noqa: F403
 from .lionk import *  # noqa: F403
 
-#: Helpers that this package exported before 0.2 (importable from here with a warning; their
+#: Helpers that this package exported in 0.1.0 (importable from here with a warning; their
 #: home is the module named).
 _HELPERS = {
     "check_ams_betas": ams, "tensor_sums": ams, "rotation_mode": adadiag, "rms_clip_": common,
