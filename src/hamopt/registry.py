@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .core.optimizer import enable_stochastic_rounding
+from .core.optimizer import enable_stochastic_rounding, set_nonfinite
 from .model_groups import _module_groups
 from .optim import AMS, CLion, Grams, HFac, Lion, LionK, Lookahead, Ranger, SignFSGD, Sophia
 from .optim import adadiag as _adadiag
@@ -187,6 +187,8 @@ def create(name: str, params: Iterable[Any] | torch.nn.Module, *, filter_bias_an
 
     ``stochastic_rounding=True`` (hamopt's own optimizers) writes bfloat16 parameters back
     from the float32 update with stochastic rounding (:mod:`hamopt.core.rounding`).
+    ``nonfinite="skip"`` or ``"raise"`` (hamopt's own optimizers) sets what a step does with a
+    NaN or infinite gradient in every group (:func:`hamopt.core.optimizer.set_nonfinite`).
 
     Raises:
         ValueError: unknown name (the message lists the closest names) or a bad
@@ -194,11 +196,14 @@ def create(name: str, params: Iterable[Any] | torch.nn.Module, *, filter_bias_an
     """
     info = get(name)
     sr = overrides.pop("stochastic_rounding", None)
+    nonfinite = overrides.pop("nonfinite", None)
     if isinstance(params, torch.nn.Module):
         params = _module_groups(params, filter_bias_and_norm, None)
     opt = info.create(params, **overrides)
     if sr is not None:
         enable_stochastic_rounding(opt, bool(sr))
+    if nonfinite is not None:
+        set_nonfinite(opt, nonfinite)
     opt.hamopt_name = info.name  # type: ignore[attr-defined]  # read by hamopt.describe
     return opt
 

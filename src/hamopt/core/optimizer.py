@@ -30,7 +30,7 @@ from . import validation as V
 from .engine import Engine
 from .transform import Chain, Transform
 
-__all__ = ["ChainedOptimizer", "ParamsT", "enable_stochastic_rounding"]
+__all__ = ["ChainedOptimizer", "ParamsT", "enable_stochastic_rounding", "set_nonfinite"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -219,6 +219,20 @@ class ChainedOptimizer(torch.optim.Optimizer):
             group.setdefault("nonfinite_skipped", 0)
 
 
+def _shells(optimizer: torch.optim.Optimizer, setting: str) -> list[ChainedOptimizer]:
+    """The hamopt shells inside ``optimizer`` (itself, a wrapper's base, or each child of a
+    :func:`hamopt.partition`); a ``ValueError`` naming ``setting`` for any other optimizer."""
+    children = getattr(optimizer, "optimizers", None) or [getattr(optimizer, "base_optimizer", optimizer)]
+    shells = []
+    for o in children:
+        inner = getattr(o, "base_optimizer", o)
+        if not isinstance(inner, ChainedOptimizer):
+            raise ValueError(f"{setting} needs one of hamopt's own optimizers; {type(inner).__name__} "
+                             "runs its step itself")
+        shells.append(inner)
+    return shells
+
+
 def enable_stochastic_rounding(optimizer: torch.optim.Optimizer, enabled: bool = True) -> torch.optim.Optimizer:
     """Set ``stochastic_rounding`` on every parameter group of a hamopt optimizer (one
     built on :class:`~hamopt.ChainedOptimizer`, or a :func:`hamopt.partition` of them).
@@ -227,14 +241,28 @@ def enable_stochastic_rounding(optimizer: torch.optim.Optimizer, enabled: bool =
         ValueError: an optimizer whose step does not read the setting (``torch.optim``'s
             classes), rather than silently rounding to nearest.
     """
-    children = getattr(optimizer, "optimizers", None) or [getattr(optimizer, "base_optimizer", optimizer)]
-    for o in children:
-        inner = getattr(o, "base_optimizer", o)
-        if enabled and not isinstance(inner, ChainedOptimizer):
-            raise ValueError(
-                f"stochastic_rounding=True needs one of hamopt's own optimizers; {type(inner).__name__} "
-                "writes its parameters itself (round to nearest)"
-            )
+    if not enabled:
+        for o in (getattr(optimizer, "optimizers", None) or [optimizer]):
+            for g in getattr(o, "base_optimizer", o).param_groups:
+                g["stochastic_rounding"] = False
+        return optimizer
+    for inner in _shells(optimizer, "stochastic_rounding=True"):
         for g in inner.param_groups:
-            g["stochastic_rounding"] = bool(enabled)
+            g["stochastic_rounding"] = True
+    return optimizer
+
+
+def set_nonfinite(optimizer: torch.optim.Optimizer, mode: str) -> torch.optim.Optimizer:
+    """Set the ``nonfinite`` policy (``"propagate"``, ``"skip"`` or ``"raise"``, see
+    :class:`ChainedOptimizer`) of every parameter group of a hamopt optimizer, and its default
+    for groups added later. ``hamopt.create(name, params, nonfinite=...)`` calls it.
+
+    Raises:
+        ValueError: an unknown mode, or an optimizer that is not one of hamopt's own.
+    """
+    V.check_choice("nonfinite", mode, NONFINITE)
+    for inner in _shells(optimizer, f"nonfinite={mode!r}"):
+        inner.defaults["nonfinite"] = mode
+        for g in inner.param_groups:
+            g["nonfinite"] = mode
     return optimizer
