@@ -32,15 +32,20 @@ _FUSED_CAPABLE = {"Adam", "AdamW"}
 _FUSED_DEVICES = {"cuda", "cpu"}
 
 
-def _all_params(params: Any) -> list[Any]:
-    items = list(params)
+def _tensor(item: Any) -> Any:
+    """The tensor of a parameter given as a tensor or, as ``named_parameters()`` yields it,
+    a ``(name, tensor)`` pair."""
+    return item[1] if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) else item
+
+
+def _all_params(items: list[Any]) -> list[Any]:
     flat = []
     for it in items:
         if isinstance(it, dict):
             ps = it["params"]
-            flat.extend([ps] if isinstance(ps, torch.Tensor) else list(ps))
+            flat.extend([ps] if isinstance(ps, torch.Tensor) else [_tensor(x) for x in ps])
         else:
-            flat.append(it)
+            flat.append(_tensor(it))
     return flat
 
 
@@ -152,11 +157,15 @@ def _torch_factory(cls_name: str, **fixed: Any) -> Callable[..., torch.optim.Opt
         if "weight_decay" in kwargs:
             V.check_weight_decay(kwargs["weight_decay"])
         kwargs = {**fixed, **kwargs}
-        items = list(params) if not isinstance(params, torch.Tensor) else [params]
+        if isinstance(params, torch.Tensor):  # torch's own message and type
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            f"but got {torch.typename(params)}")
+        items = list(params)
         if cls_name in _FUSED_CAPABLE and "fused" not in kwargs and "foreach" not in kwargs:
             flat = _all_params(items)
             if flat and all(
-                p.device.type in _FUSED_DEVICES
+                isinstance(p, torch.Tensor)
+                and p.device.type in _FUSED_DEVICES
                 and p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
                 and not p.is_sparse
                 for p in flat

@@ -50,6 +50,7 @@ __all__ = [
     "centralize",
     "hutchinson_probe",
     "lookahead",
+    "lookahead_sync_",
     "row_mean",
     "scale_by_adamod",
     "scale_by_diffgrad",
@@ -341,6 +342,13 @@ class ScaleByRAdam(Transform):
 # ---------------------------------------------------------------------------- Lookahead
 
 
+def lookahead_sync_(slow: list[Tensor], fast: Sequence[Tensor], alpha: float, foreach: bool) -> list[Tensor]:
+    """Lookahead's synchronisation ``phi <- phi + alpha (fast - phi)`` in place (Zhang et al.
+    2019, Algorithm 1, line 7): the one place of the rule, for the chain transform
+    :class:`LookaheadSync` and the wrapper :class:`hamopt.Lookahead`."""
+    return ops.lerp_(slow, fast, alpha, foreach)
+
+
 class LookaheadSync(Transform):
     """Lookahead's slow weights, applied to the final update (Zhang et al. 2019, Algorithm 1).
 
@@ -388,7 +396,7 @@ class LookaheadSync(Transform):
         out = ctx.writable(updates)
         sub, ss, ps = _pick(out, idx), _pick(slow, idx), _pick(ctx.params, idx)
         ops.add_(sub, ps, ctx.foreach)  # the fast weights
-        ops.lerp_(ss, sub, alpha, ctx.foreach)
+        lookahead_sync_(ss, sub, alpha, ctx.foreach)
         ops.copy_(sub, ss, ctx.foreach)
         ops.add_(sub, ps, ctx.foreach, alpha=-1.0)
         return out
