@@ -140,3 +140,141 @@ def test_named_parameters_are_accepted_like_torch(name: str) -> None:
 def test_a_bare_tensor_is_rejected_like_torch(name: str) -> None:
     with pytest.raises(TypeError, match="should be an iterable of Tensors or dicts"):
         hamopt.create(name, torch.zeros(3, requires_grad=True))
+
+
+# ---------------------------------------------------------------------------- Sophia
+def _sophia_problem() -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(4)
+    ps = [torch.nn.Parameter(torch.randn(5, 3, generator=g)), torch.nn.Parameter(torch.randn(3, generator=g))]
+    xs = [torch.randn(6, 5, generator=g) for _ in range(6)]
+    return ps, xs
+
+
+def _sophia_loss(ps: list[torch.nn.Parameter], x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x @ ps[0] + ps[1]).pow(2).sum() + 0.1 * ps[0].pow(4).sum()
+
+
+def _sophia_run(scaler: torch.amp.GradScaler | None, inf_at: int | None = None):  # type: ignore[no-untyped-def]
+    ps, xs = _sophia_problem()
+    opt = hamopt.Sophia(ps, lr=0.05, k=2, weight_decay=0.0)
+    for t, x in enumerate(xs):
+        opt.zero_grad()
+        loss = _sophia_loss(ps, x)
+        if t == inf_at:
+            loss = loss * float("inf")
+        if scaler is None:
+            loss.backward(create_graph=True)
+            opt.step()
+        else:
+            scaler.scale(loss).backward(create_graph=True)
+            scaler.step(opt)
+            scaler.update()
+    return ps, opt
+
+
+def test_sophia_under_gradscaler_equals_the_unscaled_run() -> None:
+    """Before: the Hessian estimate was 65536 times too large (the loss scale)."""
+    ref_ps, ref = _sophia_run(None)
+    ps, opt = _sophia_run(torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    for a, b in zip(ps, ref_ps):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(ps, ref_ps):
+        torch.testing.assert_close(opt.state[a]["hessian"], ref.state[b]["hessian"], rtol=1e-6, atol=1e-9)
+        assert opt.state[a]["hessian"].abs().max() > 0
+
+
+def test_sophia_under_gradscaler_skips_a_step_with_inf() -> None:
+    """An inf loss at step 3: the scaler halves its scale and Sophia skips that step, so the run
+    equals the one that never saw that batch's step (parameters and state untouched)."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    ps, opt = _sophia_run(scaler, inf_at=3)
+    assert scaler.get_scale() < 2.0**16
+    assert all(int(opt.state[p]["step"]) == 5 for p in ps)
+
+
+def test_sophia_refuses_a_gradscaler_that_unscaled_first() -> None:
+    ps, xs = _sophia_problem()
+    opt = hamopt.Sophia(ps)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(_sophia_loss(ps, xs[0])).backward(create_graph=True)
+    scaler.unscale_(opt)
+    with pytest.raises(RuntimeError, match=r"without scaler.unscale_\(opt\)"):
+        scaler.step(opt)
+
+
+def test_sophia_step_hooks_fire_once_beside_other_chained_optimizers() -> None:
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from hamopt.transforms import scale_by_learning_rate
+
+    plain = hamopt.ChainedOptimizer([torch.nn.Parameter(torch.zeros(2))], dict(lr=0.1), scale_by_learning_rate())
+    assert getattr(hamopt.ChainedOptimizer.step, "hooked", False)  # torch wrapped the shell's own step
+    plain.zero_grad()
+    ps, xs = _sophia_problem()
+    opt = hamopt.Sophia(ps)
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    handle = register_optimizer_step_post_hook(lambda o, *a: calls.append("global post") if o is opt else None)
+    try:
+        for x in xs[:3]:
+            opt.zero_grad()
+            _sophia_loss(ps, x).backward(create_graph=True)
+            opt.step()
+    finally:
+        handle.remove()
+    assert calls == ["pre", "global post"] * 3
+
+
+def test_sophia_loss_linear_in_a_group_gives_a_zero_estimate() -> None:
+    """The bias group enters the loss linearly (its gradient is constant, so it carries no
+    graph although backward(create_graph=True) was called): its Hessian estimate is zero and
+    no error is raised; the other group's estimate is not zero."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.nn.Parameter(torch.randn(4, generator=g))
+    b = torch.nn.Parameter(torch.randn(4, generator=g))
+    opt = hamopt.Sophia([{"params": [w]}, {"params": [b]}], k=1)
+    for _ in range(3):
+        opt.zero_grad()
+        x = torch.randn(4, generator=g)
+        ((w * x).pow(3).sum() + (b * x).sum()).backward(create_graph=True)
+        opt.step()
+    assert torch.equal(opt.state[b]["hessian"], torch.zeros(4))
+    assert opt.state[w]["hessian"].abs().min() > 0
+
+
+def _encoder() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+
+
+def test_sophia_on_cpu_attention_says_what_works() -> None:
+    """The real nn.TransformerEncoderLayer on the CPU: torch's fused attention kernel has no
+    second derivative. The error names both ways out, and both work."""
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(6))
+    layer = _encoder()
+    opt = hamopt.Sophia(layer.parameters(), k=1)
+    layer(x).pow(2).mean().backward(create_graph=True)
+    with pytest.raises(RuntimeError, match="estimator='gnb'") as err:
+        opt.step()
+    assert "SDPBackend.MATH" in str(err.value) and "_scaled_dot_product" in str(err.value)
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    layer = _encoder()
+    opt = hamopt.Sophia(layer.parameters(), k=1)
+    with sdpa_kernel(SDPBackend.MATH):
+        layer(x).pow(2).mean().backward(create_graph=True)
+        opt.step()
+    assert all(opt.state[p]["hessian"].abs().sum() > 0 for p in layer.parameters() if p.dim() > 1)
+
+    layer = _encoder()
+    opt = hamopt.Sophia(layer.parameters(), k=1, estimator="gnb")
+    out = layer(x)
+    out.pow(2).mean().backward()
+
+    def sampled() -> torch.Tensor:
+        y = layer(x)
+        return (y - (y.detach() + torch.randn_like(y))).pow(2).mean(dim=(1, 2))
+
+    opt.step(sampled)
+    assert all(torch.isfinite(p).all() for p in layer.parameters())

@@ -344,16 +344,58 @@ class Sophia(ChainedOptimizer):
             state_dtype=state_dtype,
         )
 
+    #: GradScaler's contract for optimizers that handle the loss scale themselves (as torch's
+    #: fused Adam does): ``scaler.step(opt)`` sets ``opt.grad_scale`` (the scale the gradients
+    #: still carry) and ``opt.found_inf`` and calls ``step`` without unscaling first.
+    _step_supports_amp_scaling = True
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step. Hutchinson: ``closure`` as for any optimizer (it must call
         ``backward(create_graph=True)``). GNB: ``closure`` returns the sampled-label losses and
-        is called only when the Hessian estimate is refreshed; their mean is returned then."""
+        is called only when the Hessian estimate is refreshed; their mean is returned then.
+
+        Under ``torch.amp.GradScaler`` (``scaler.step(opt)``) the step is skipped when the
+        scaler found an inf or NaN, and otherwise runs on ``p.grad / scale`` as a graph node,
+        so the momentum *and* the Hessian estimate (a derivative of that gradient) are those
+        of the unscaled loss. ``p.grad`` itself is left as it was.
+        """
+        scale = self.__dict__.get("grad_scale")
+        found_inf = self.__dict__.get("found_inf")
+        if found_inf is not None and scale is None:
+            raise RuntimeError(
+                "Sophia under GradScaler: call scaler.step(opt) without scaler.unscale_(opt) before it. "
+                "The Hessian estimate comes from the gradient's graph, which still carries the loss "
+                "scale after unscale_, and Sophia can only divide it out while the scaler hands it over "
+                "(Sophia clips its update per coordinate, so gradient clipping is rarely needed)"
+            )
+        if found_inf is not None and float(found_inf) > 0:
+            return None  # GradScaler's rule: skip the step, parameters and state untouched
         sophia = _find(self.transform, ScaleBySophia)
-        if sophia is None or sophia.estimator != "gnb":
-            return super().step(closure)
-        with sophia.bind_closure(closure):
-            super().step(None)
-        return sophia.take_loss()
+        gnb = sophia is not None and sophia.estimator == "gnb"
+        loss = None
+        if closure is not None and not gnb:  # its backward must run before the gradients are looked at
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        graph_seen = any(p.grad.requires_grad for p in params)  # type: ignore[union-attr]
+        swapped = []
+        if scale is not None:
+            with torch.enable_grad():  # the division is part of the graph: H of the unscaled loss
+                inv = 1.0 / scale
+                for p in params:
+                    swapped.append((p, p.grad))
+                    p.grad = p.grad * inv.to(p.grad.device)  # type: ignore[operator]
+        try:
+            run = _unhooked(ChainedOptimizer.step)  # this step's hooks fire once, around Sophia.step
+            if sophia is None:
+                run(self, None)
+                return loss
+            with sophia.bind_closure(closure if gnb else None, graph_seen=graph_seen):
+                run(self, None)
+            return sophia.take_loss() if gnb else loss
+        finally:
+            for p, g in swapped:
+                p.grad = g
 
 
 # ---------------------------------------------------------------------------- Lookahead
