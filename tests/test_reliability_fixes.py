@@ -278,3 +278,67 @@ def test_sophia_on_cpu_attention_says_what_works() -> None:
 
     opt.step(sampled)
     assert all(torch.isfinite(p).all() for p in layer.parameters())
+
+
+# ---------------------------------------------------------------------------- complex parameters
+#: Entries that refuse complex parameters with a message naming the optimizer (first step):
+#: Sophia differentiates through the parameters; torch.optim.Adafactor (torch's own message).
+COMPLEX_REFUSED = {"sophia": "Sophia does not support complex parameters",
+                   "adafactor": "Adafactor does not support complex"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_complex_parameters_step_as_their_view_as_real(name: str) -> None:
+    """torch's rule: a complex parameter is optimized as ``torch.view_as_real(p)`` (real and
+    imaginary parts are two coordinates). Before: ranger and adamw_variant accumulated G*G
+    (complex second moments), adadiag(++) dropped the imaginary part, the rest failed inside
+    torch."""
+    info = hamopt.get(name)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 3), (5,), (2, 3, 2), ()]
+    init = [torch.randn(s, dtype=torch.complex128, generator=g) for s in shapes]
+    as_complex = [torch.nn.Parameter(t.clone()) for t in init]
+    as_real = [torch.nn.Parameter(torch.view_as_real(t).clone()) for t in init]
+    kw = dict(info.test_kwargs)
+    if info.test_lr is not None and "lr" in info.defaults:
+        kw["lr"] = info.test_lr
+    opt_c, opt_r = info.create(as_complex, **kw), info.create(as_real, **kw)
+    for _ in range(6):
+        for p, q in zip(as_complex, as_real):
+            gr = torch.randn(p.shape, dtype=torch.complex128, generator=g)
+            p.grad, q.grad = gr, torch.view_as_real(gr).clone()
+        if name in COMPLEX_REFUSED:
+            with pytest.raises((TypeError, RuntimeError), match=COMPLEX_REFUSED[name]):
+                opt_c.step()
+            return
+        opt_c.step()
+        opt_r.step()
+    for p, q in zip(as_complex, as_real):
+        assert p.dtype == torch.complex128
+        torch.testing.assert_close(torch.view_as_real(p.detach()), q.detach(), rtol=1e-13, atol=1e-15)
+    assert any(not torch.equal(p.detach(), t) for p, t in zip(as_complex, init))
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_complex_adam_chain_equals_torch_adamw(amsgrad: bool) -> None:
+    """The shell's view_as_real rule is torch's: hamopt's Adam chain on complex parameters
+    equals torch.optim.AdamW on the same complex parameters."""
+    from hamopt.transforms import add_decayed_weights, chain, scale_by_adam, scale_by_learning_rate
+
+    g = torch.Generator().manual_seed(2)
+    init = [torch.randn(s, dtype=torch.complex128, generator=g) for s in [(3, 4), (6,)]]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = hamopt.ChainedOptimizer(
+        ours, dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1),
+        chain(scale_by_adam(amsgrad=amsgrad), add_decayed_weights(), scale_by_learning_rate()))
+    torch_opt = torch.optim.AdamW(ref, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, amsgrad=amsgrad,
+                                  foreach=False)
+    for _ in range(20):
+        for a, b in zip(ours, ref):
+            gr = torch.randn(a.shape, dtype=torch.complex128, generator=g)
+            a.grad, b.grad = gr.clone(), gr.clone()
+        opt.step()
+        torch_opt.step()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)

@@ -179,11 +179,16 @@ class ChainedOptimizer(torch.optim.Optimizer):
         return torch.float32 if dtype in _LOW_PRECISION else dtype
 
     def _step_bucket(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        leaves, grads = params, [p.grad for p in params]
+        if params[0].is_complex():  # torch's rule: a complex tensor steps as its view_as_real
+            if self.transform.needs_grad_graph:
+                raise TypeError(f"{type(self).__name__} does not support complex parameters (got {params[0].dtype}); "
+                                "optimize torch.view_as_real(p) instead")
+            params, grads = [torch.view_as_real(p) for p in params], [torch.view_as_real(g) for g in grads]  # type: ignore[arg-type]
         foreach = group.get("foreach")
         foreach = True if foreach is None else bool(foreach)
         cdtype = self._compute_dtype(group, params[0].dtype)
         cast = cdtype != params[0].dtype
-        grads = [p.grad for p in params]
         if cast:
             cparams = [p.detach().to(cdtype) for p in params]
             cgrads = [g.to(cdtype) for g in grads]  # type: ignore[union-attr]
@@ -193,7 +198,7 @@ class ChainedOptimizer(torch.optim.Optimizer):
         if group.get("maximize", False):
             cgrads = ops.neg(cgrads, foreach)
 
-        states = [self.state[p] for p in params]
+        states = [self.state[p] for p in leaves]
         if not all(states):  # lazy state for parameters seen for the first time
             for state, cp in zip(states, cparams):
                 if len(state) == 0:
@@ -204,7 +209,7 @@ class ChainedOptimizer(torch.optim.Optimizer):
             ops.add_(step_tensors, 1.0, foreach=False)
             steps: list[Any] = step_tensors
         else:
-            steps = self._advance_steps(params, states)
+            steps = self._advance_steps(leaves, states)
 
         body, decay, lr_last = self._tail()
         pieces = None
@@ -213,11 +218,11 @@ class ChainedOptimizer(torch.optim.Optimizer):
             self._apply_gathered(group, body, cparams, cgrads, states, steps, foreach, decay, lr_last)
         elif sharded or (pieces := self._cpu_pieces(group, body, cparams, cgrads, states)) is None:
             self._apply(StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps,
-                                    foreach=foreach, leaves=params), body, decay, lr_last)
+                                    foreach=foreach, leaves=leaves), body, decay, lr_last)
         else:
             spares: dict[Any, list[Tensor]] = {}  # buffers reused by later pieces of this step
             for chunk in pieces:
-                self._apply_piece(group, chunk, cparams, cgrads, states, steps, params, foreach, body, decay,
+                self._apply_piece(group, chunk, cparams, cgrads, states, steps, leaves, foreach, body, decay,
                                   lr_last, spares)
         if cast:
             for p, cp in zip(params, cparams):
