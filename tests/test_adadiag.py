@@ -776,3 +776,17 @@ def test_scaling_the_gradients_by_one_ulp_moves_the_run_by_rounding_only(name):
     start, a = _moved(name, 1.0)
     _, b = _moved(name, 1.0 + 2.0**-20)
     assert float((a - b).norm() / (a - start).norm()) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_rounding_floor_neither_overflows_nor_underflows(scale):
+    """The floor of a float32 full-rank gradient at any scale zeroes nothing (norms are taken of
+    x / max|x|: squares of 1e30 would overflow to inf and zero the whole update)."""
+    from hamopt.transforms.adadiag import _drop_rounding_
+
+    g = torch.randn(6, 9, generator=torch.Generator().manual_seed(0)) * scale
+    for left, right in ((torch.eye(6), None), (None, torch.eye(9)), (torch.eye(6), torch.eye(9))):
+        assert torch.equal(_drop_rounding_(g.clone(), left, right), g)
+    tiny = g.clone()
+    tiny[0, 0] = g[0, 0] * 1e-9  # far below the floor of its column, row and matrix
+    assert _drop_rounding_(tiny, torch.eye(6), torch.eye(9))[0, 0] == 0

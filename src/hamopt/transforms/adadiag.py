@@ -192,15 +192,22 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Ten
     if x.numel() == 0:
         return x
     cu = ROUNDING_FLOOR * torch.finfo(x.dtype).eps
+    # Norms of x / max|x| (per matrix), so squares neither overflow (|x| > 1e19 in float32) nor
+    # underflow; a reduction along the last dim or a plain sum over dim -2, both fast (the
+    # strided vector_norm over dim -2 is ~25x slower on the CPU).
+    y = x.abs()
+    big = y.amax(dim=(-2, -1), keepdim=True)
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    y = (y / big).square_() if sharding.is_sharded(y) else y.div_(big).square_()  # (x / max|x|)^2
     if left is not None and right is not None:
-        rows = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        total = torch.linalg.vector_norm(rows, dim=-2, keepdim=True)
-        tau = (rows + total / math.sqrt(x.shape[-1])) * cu
+        rows = y.sum(dim=-1, keepdim=True)
+        total = rows.sum(dim=-2, keepdim=True)
+        tau = rows.sqrt() + total.sqrt() / math.sqrt(x.shape[-1])
     elif left is not None:
-        tau = torch.linalg.vector_norm(x, dim=-2, keepdim=True) * cu
+        tau = y.sum(dim=-2, keepdim=True).sqrt()
     else:
-        tau = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * cu
-    return x.masked_fill_(x.abs() <= tau, 0.0)
+        tau = y.sum(dim=-1, keepdim=True).sqrt()
+    return x.masked_fill_(y <= (tau * cu).square(), 0.0)  # |x| <= c u (norms), in scaled squares
 
 
 def _rotate_back(u: Tensor, left: Tensor | None, right: Tensor | None, take: Callable[[Tensor], Tensor]) -> Tensor:
