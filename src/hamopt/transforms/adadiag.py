@@ -29,6 +29,18 @@ Conventions fixed here (the paper leaves them open):
   row norm of ``V``. The basis is then a deterministic function of the gradient, so a
   resumed run continues bit-for-bit across a refresh and an independent NumPy reference can
   reproduce it.
+* **Rank-deficient gradients.** A gradient of rank ``r < min(m, n)`` (batch x tokens below a
+  layer's width; the completed part of a two-sided basis) has a null space where the exact
+  rotated gradient is zero. Two rules keep rounding out of it: (1) only the singular vectors
+  of singular values above ``sigma_max * max(m, n) * eps`` (``numpy.linalg.matrix_rank``'s
+  tolerance, ``eps`` of the gradient's dtype) are taken from the decomposition; the rest of
+  each basis is the completion above, a function of the gradient rather than of its
+  rounding; (2) rotated entries below the rounding floor of the rotation
+  (:func:`_drop_rounding_`, about ``8 eps`` times the norm each entry combines) are set to
+  exactly zero, so the inner Adam (``eps`` 1e-8) or Adafactor (1e-30) does not normalise
+  rounding into steps of full size. In exact arithmetic both change nothing. Without them
+  91-100% of a float32 update of a rank-4 64 x 32 gradient lay in its null space, and a
+  2-rank DDP/FSDP2 run ended 24-80% away from one process; now both are at rounding.
 * **Shapes.** Tensors with 2+ dims use their ``dim0 x prod(rest)`` matrix view; 0-d, 1-d
   and zero-size tensors run the inner transform unrotated. ``max_precond_dim`` bounds a
   basis side: a two-sided rotation whose larger side exceeds it falls back to one-sided, a
