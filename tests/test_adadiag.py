@@ -53,11 +53,11 @@ def np_complete(v: np.ndarray) -> np.ndarray:
 def np_bases(g: np.ndarray, two_sided: bool, rank_eps: float = EPS64) -> tuple[np.ndarray, np.ndarray | None]:
     """``P`` (m x m) and, two-sided, ``Q`` (n x n) of ``g`` (m <= n).
 
-    Only the singular vectors of the singular values above ``s_max * max(m, n) * rank_eps``
-    (NumPy's ``matrix_rank`` rule) are taken from the SVD; both sides are completed by
+    Only the singular vectors of the singular values above ``4 sqrt(max(m, n)) rank_eps s_max``
+    (the documented rank rule) are taken from the SVD; both sides are completed by
     Gram-Schmidt (the rest of an SVD's vectors span the null space, arbitrarily)."""
     u, sv, vh = np.linalg.svd(g, full_matrices=False)
-    r = int(np.sum(sv > sv[0] * max(g.shape) * rank_eps))
+    r = int(np.sum(sv > sv[0] * 4.0 * np.sqrt(max(g.shape)) * rank_eps))
     p = np_canon(np_complete(u[:, :r]))
     q = np_canon(np_complete(vh[:r].T)) if two_sided else None
     return p, q
