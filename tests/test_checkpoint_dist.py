@@ -9,8 +9,7 @@ resharding DCP does): every state tensor equals the whole tensor the two ranks h
 counters (``step``, ``nonfinite_skipped``) included, and the run continues to rounding.
 
 Sophia refuses FSDP2 shards by design (its Hessian estimate differentiates through the
-parameters) with a clear error, checked here too. Lookahead's state dict has no
-``param_groups`` (issue 15 problem 3, fixed on another branch): a strict xfail.
+parameters) with a clear error, checked here too.
 """
 
 from __future__ import annotations
@@ -47,8 +46,7 @@ CI_NAMES = ["adamw", "lion", "adadiag++", "adafacdiag", "hfac", "lookahead"]
 NAMES = ([n for n in hamopt.list_optimizers() if n != "sophia"] if os.environ.get("HAMOPT_DCP_ALL") == "1"
          else CI_NAMES)
 #: Known failures fixed on another branch (the mark fails the suite once the fix lands).
-XFAIL = {"lookahead": "issue 15 problem 3: fixed on branch reliab-opt (no top-level param_groups)",
-         # torch's own class, not hamopt's shell (run with HAMOPT_DCP_ALL=1 only):
+XFAIL = {# torch's own class, not hamopt's shell (run with HAMOPT_DCP_ALL=1 only):
          "adafactor": "torch 2.13 bug: torch.optim.Adafactor fails on FSDP2 DTensor shards (in-place pow_ "
                       "on a _NormPartial placement)"}
 #: Small settings so bases and factored statistics are refreshed within the short run.

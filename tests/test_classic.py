@@ -89,3 +89,68 @@ def test_fused_is_not_forced_when_the_user_chooses() -> None:
     opt = hamopt.create("adamw", [torch.nn.Parameter(torch.zeros(3))], foreach=True)
     assert opt.param_groups[0]["foreach"] is True
     assert not opt.param_groups[0]["fused"]
+
+
+# ---------------------------------------------------------------------------- fused only where safe
+# Issue 15, problem 4: torch 2.13's fused CPU Adam/AdamW kernel writes past a strided view
+# parameter (base[..., 0] also changes base[..., 1]); the adam, adamw and amsgrad entries and
+# Lookahead's default base chose fused=True whatever the tensors.
+STRIDED = ["adam", "adamw", "amsgrad", "lookahead"]
+
+
+def _loop_reference(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    kw = dict(lr=0.05, foreach=False)
+    if name == "adam":
+        return torch.optim.Adam(params, **kw)
+    if name == "amsgrad":
+        return torch.optim.Adam(params, amsgrad=True, **kw)
+    inner = torch.optim.AdamW(params, weight_decay=1e-2, **kw)
+    return hamopt.Lookahead(inner, k=5, alpha=0.5) if name == "lookahead" else inner
+
+
+@pytest.mark.parametrize("name", STRIDED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strided_view_parameter_leaves_its_neighbour_alone(name: str, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, 2, generator=g, dtype=dtype)
+    neighbour = base[..., 1].clone()
+    view = base[..., 0].requires_grad_(True)  # a leaf: the view of a tensor that needs no grad
+    plain = torch.nn.Parameter(torch.randn(4, 3, generator=g, dtype=dtype))
+    assert not view.is_contiguous()
+    opt = hamopt.create(name, [view, plain], lr=0.05)
+    inner = getattr(opt, "base_optimizer", opt)
+    assert inner.param_groups[0]["fused"] is True  # hamopt still picks the fused kernel ...
+    copies = [view.detach().clone().requires_grad_(True), plain.detach().clone().requires_grad_(True)]
+    ref = _loop_reference(name, copies)
+    for _ in range(7):
+        grads = [torch.randn(p.shape, generator=g, dtype=dtype) for p in copies]
+        for p, q, gr in zip((view, plain), copies, grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(base[..., 1], neighbour), f"{name}: the step wrote into the neighbouring slice"
+    for p, q in zip((view, plain), copies):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                                   atol=1e-6 if dtype == torch.float32 else 1e-13)
+    assert inner.param_groups[0]["fused"] is True  # ... and keeps it for steps where it is safe
+
+
+def test_contiguous_parameters_still_take_the_fused_kernel() -> None:
+    """The guard changes nothing for dense contiguous parameters: bit-for-bit torch's fused run."""
+    g = torch.Generator().manual_seed(1)
+    init = [torch.randn(s, generator=g) for s in [(7, 3), (5,)]]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = hamopt.create("adamw", ours, lr=0.01)
+    ref = torch.optim.AdamW(theirs, lr=0.01, fused=True)
+    calls = []
+    opt.register_step_post_hook(lambda *a: calls.append(1))
+    for _ in range(5):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    assert isinstance(opt, torch.optim.AdamW) and len(calls) == 5  # step hooks fire once per step

@@ -24,7 +24,7 @@ def test_create_applies_defaults_and_overrides() -> None:
     opt = hamopt.create("adamw", [p], lr=3e-4)
     assert opt.param_groups[0]["lr"] == 3e-4
     assert opt.param_groups[0]["weight_decay"] == hamopt.get("adamw").defaults["weight_decay"]
-    assert hamopt.create("AdamW ", [torch.nn.Parameter(torch.zeros(2))]).__class__ is torch.optim.AdamW
+    assert isinstance(hamopt.create("AdamW ", [torch.nn.Parameter(torch.zeros(2))]), torch.optim.AdamW)
 
 
 def test_unknown_name_lists_the_closest() -> None:

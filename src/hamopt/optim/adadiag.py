@@ -73,8 +73,9 @@ class AdaDiag(ChainedOptimizer):
     State per matrix (Table 3): ``m^2 + 2mn`` one-sided, ``(m+n)^2`` two-sided.
 
     Deviations and conventions: the paper leaves the SVD's sign and null-space choices
-    open; we fix them so the basis is a deterministic function of the gradient (see
-    :mod:`hamopt.transforms.adadiag`). The rotation applies to the matrix view of
+    open; we fix them so the basis is a deterministic function of the gradient, and for a
+    rank-deficient gradient the null space and the rotated entries below rounding are those
+    of exact arithmetic (see :mod:`hamopt.transforms.adadiag`). The rotation applies to the matrix view of
     tensors with more than two dims (a conv kernel as ``out x in*kh*kw``).
     """
 

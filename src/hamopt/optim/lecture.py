@@ -45,6 +45,7 @@ from ..transforms.lecture import (
     ScaleBySophia,
     centralize,
     lookahead,
+    lookahead_sync_,
     scale_by_adamod,
     scale_by_diffgrad,
     scale_by_radam,
@@ -347,16 +348,58 @@ class Sophia(ChainedOptimizer):
             state_dtype=state_dtype,
         )
 
+    #: GradScaler's contract for optimizers that handle the loss scale themselves (as torch's
+    #: fused Adam does): ``scaler.step(opt)`` sets ``opt.grad_scale`` (the scale the gradients
+    #: still carry) and ``opt.found_inf`` and calls ``step`` without unscaling first.
+    _step_supports_amp_scaling = True
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step. Hutchinson: ``closure`` as for any optimizer (it must call
         ``backward(create_graph=True)``). GNB: ``closure`` returns the sampled-label losses and
-        is called only when the Hessian estimate is refreshed; their mean is returned then."""
+        is called only when the Hessian estimate is refreshed; their mean is returned then.
+
+        Under ``torch.amp.GradScaler`` (``scaler.step(opt)``) the step is skipped when the
+        scaler found an inf or NaN, and otherwise runs on ``p.grad / scale`` as a graph node,
+        so the momentum *and* the Hessian estimate (a derivative of that gradient) are those
+        of the unscaled loss. ``p.grad`` itself is left as it was.
+        """
+        scale = self.__dict__.get("grad_scale")
+        found_inf = self.__dict__.get("found_inf")
+        if found_inf is not None and scale is None:
+            raise RuntimeError(
+                "Sophia under GradScaler: call scaler.step(opt) without scaler.unscale_(opt) before it. "
+                "The Hessian estimate comes from the gradient's graph, which still carries the loss "
+                "scale after unscale_, and Sophia can only divide it out while the scaler hands it over "
+                "(Sophia clips its update per coordinate, so gradient clipping is rarely needed)"
+            )
+        if found_inf is not None and float(found_inf) > 0:
+            return None  # GradScaler's rule: skip the step, parameters and state untouched
         sophia = _find(self.transform, ScaleBySophia)
-        if sophia is None or sophia.estimator != "gnb":
-            return super().step(closure)
-        with sophia.bind_closure(closure):
-            super().step(None)
-        return sophia.take_loss()
+        gnb = sophia is not None and sophia.estimator == "gnb"
+        loss = None
+        if closure is not None and not gnb:  # its backward must run before the gradients are looked at
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        graph_seen = any(p.grad.requires_grad for p in params)  # type: ignore[union-attr]
+        swapped = []
+        if scale is not None:
+            with torch.enable_grad():  # the division is part of the graph: H of the unscaled loss
+                inv = 1.0 / scale
+                for p in params:
+                    swapped.append((p, p.grad))
+                    p.grad = p.grad * inv.to(p.grad.device)  # type: ignore[operator]
+        try:
+            run = _unhooked(ChainedOptimizer.step)  # this step's hooks fire once, around Sophia.step
+            if sophia is None:
+                run(self, None)
+                return loss
+            with sophia.bind_closure(closure if gnb else None, graph_seen=graph_seen):
+                run(self, None)
+            return sophia.take_loss() if gnb else loss
+        finally:
+            for p, g in swapped:
+                p.grad = g
 
 
 # ---------------------------------------------------------------------------- Lookahead
@@ -373,6 +416,15 @@ _HOOK_DICTS = (
 )
 
 
+#: The keys a Lookahead state dict adds to each saved parameter group (taken out again on load).
+_LA_KEYS = ("lookahead_k", "lookahead_alpha", "lookahead_step")
+
+
+def _unhooked(step: Callable[..., Any]) -> Callable[..., Any]:
+    """A class's ``step`` without the hook wrapper torch puts around it (``profile_hook_step``)."""
+    return step.__wrapped__ if getattr(step, "hooked", False) else step  # type: ignore[attr-defined]
+
+
 class Lookahead(torch.optim.Optimizer):
     r"""Lookahead around any optimizer (Zhang et al. 2019, Algorithm 1).
 
@@ -386,8 +438,18 @@ class Lookahead(torch.optim.Optimizer):
     base's own list, so LR schedulers, ``add_param_group`` and per-group hyperparameters work
     through the wrapper. The slow weights live in ``self.state[p]["slow_param"]`` (float32 for
     bf16/fp16 parameters unless ``state_dtype`` says otherwise), so ``hamopt.state_bytes``
-    counts them. ``state_dict`` holds the base's state dict, the slow weights and the step
-    count; a resumed run continues bit-for-bit.
+    counts them. The synchronisation is the same rule as the chain transform
+    :func:`hamopt.transforms.lookahead` (which Ranger uses, with per-parameter step counts):
+    both call :func:`hamopt.transforms.lecture.lookahead_sync_`.
+
+    It behaves like any ``torch.optim.Optimizer``: its ``state_dict()`` has torch's layout
+    (``state`` by parameter index, each entry the base's state plus ``slow_param``, and
+    ``param_groups`` the base's groups plus ``lookahead_k``, ``lookahead_alpha`` and
+    ``lookahead_step``), so ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``
+    and ``set_optimizer_state_dict`` work; state dicts in the layout of hamopt 0.x
+    (``{"base_optimizer", "state", "lookahead"}``) still load. Step, state_dict and
+    load_state_dict hooks (its own, the global ones, and the base's own) fire once each; a
+    resumed run continues bit-for-bit.
 
     Args:
         base_optimizer: the inner optimizer (any ``torch.optim.Optimizer``).
@@ -503,50 +565,118 @@ class Lookahead(torch.optim.Optimizer):
             ss.append(slow)
         for ps, ss in buckets.values():
             fast = [p.detach() if p.dtype == s.dtype else p.detach().to(s.dtype) for p, s in zip(ps, ss)]
-            torch._foreach_lerp_(ss, fast, self.alpha)
+            lookahead_sync_(ss, fast, self.alpha, True)
             ops.copy_([p.detach() for p in ps], ss, True)
+
+    def _base_step(self, closure: Callable[[], Any] | None) -> Any:
+        """The base optimizer's step with its own step hooks, but not the global ones: those
+        fire once, around this wrapper's step."""
+        base = self.base_optimizer
+        args: tuple[Any, ...] = (closure,) if closure is not None else ()
+        kwargs: dict[str, Any] = {}
+        for pre in list(base._optimizer_step_pre_hooks.values()):
+            result = pre(base, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        out = _unhooked(type(base).step)(base, *args, **kwargs)
+        for post in list(base._optimizer_step_post_hooks.values()):
+            post(base, args, kwargs)
+        return out
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One base-optimizer step; every ``k``-th step also synchronises the slow weights."""
         pending = self._snapshot(closure is not None)
-        loss = self.base_optimizer.step(closure) if closure is not None else self.base_optimizer.step()
+        loss = self._base_step(closure)
         self._after_step(pending)
         return loss
 
+    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """``{"base_optimizer": ..., "state": {index: {"slow_param": ...}}, "lookahead": {...}}``
-        with parameters numbered across groups in order, as torch does."""
+        """torch's layout: ``{"state": {index: {**base state, "slow_param": phi}}, "param_groups":
+        [{**base group, "lookahead_k", "lookahead_alpha", "lookahead_step"}]}``, parameters
+        numbered across groups in order. State dict hooks (this optimizer's) fire."""
+        for pre in list(self._optimizer_state_dict_pre_hooks.values()):
+            pre(self)
+        base = self.base_optimizer.state_dict()
         index = {id(p): i for i, p in enumerate(self._params())}
-        slow = {index[id(p)]: {"slow_param": st["slow_param"]}
-                for p, st in self.state.items() if id(p) in index and "slow_param" in st}
-        return {
-            "base_optimizer": self.base_optimizer.state_dict(),
-            "state": slow,
-            "lookahead": {"k": self.k, "alpha": self.alpha, "step": self.lookahead_step},
-        }
+        state: dict[Any, Any] = {k: dict(v) for k, v in base["state"].items()}
+        for p, st in self.state.items():
+            if id(p) in index and "slow_param" in st:
+                state.setdefault(index[id(p)], {})["slow_param"] = st["slow_param"]
+        extra = dict(lookahead_k=self.k, lookahead_alpha=self.alpha, lookahead_step=self.lookahead_step)
+        sd: dict[str, Any] = {"state": state, "param_groups": [{**g, **extra} for g in base["param_groups"]]}
+        for key, value in base.items():  # anything else the base keeps at the top level
+            sd.setdefault(key, value)
+        for post in list(self._optimizer_state_dict_post_hooks.values()):
+            result = post(self, sd)
+            if result is not None:
+                sd = result
+        return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        for key in ("base_optimizer", "state", "lookahead"):
-            if key not in state_dict:
-                raise ValueError(f"Not a Lookahead state dict: missing {key!r} (keys: {sorted(state_dict)})")
+        """Load a state dict of :meth:`state_dict` (or of the old ``{"base_optimizer", "state",
+        "lookahead"}`` layout). Load state dict hooks (this optimizer's) fire."""
+        state_dict = dict(state_dict)
+        for pre in list(self._optimizer_load_state_dict_pre_hooks.values()):
+            result = pre(self, state_dict)
+            if result is not None:
+                state_dict = result
+        if "base_optimizer" in state_dict or "lookahead" in state_dict:
+            base_sd, slow, la = self._split_old(state_dict)
+        else:
+            base_sd, slow, la = self._split(state_dict)
         params = self._params()
-        saved = state_dict["state"]
-        bad = [i for i in saved if not (isinstance(i, int) and 0 <= i < len(params))]
+        bad = [i for i in slow if not (isinstance(i, int) and 0 <= i < len(params))]
         if bad:
             raise ValueError(f"Lookahead state dict refers to parameters {bad} but the optimizer has {len(params)}")
-        la = state_dict["lookahead"]
         V.check_positive_int("k", la["k"])
         V.check_range("alpha", la["alpha"], 0.0, 1.0)
-        for i, st in saved.items():
-            if st["slow_param"].shape != params[i].shape:
-                raise ValueError(f"Slow weights of parameter {i} have shape {tuple(st['slow_param'].shape)}, "
+        for i, t in slow.items():
+            if t.shape != params[i].shape:
+                raise ValueError(f"Slow weights of parameter {i} have shape {tuple(t.shape)}, "
                                  f"the parameter {tuple(params[i].shape)}")
-        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
-        self.k, self.alpha, self.lookahead_step = la["k"], float(la["alpha"]), int(la["step"])
+        self.base_optimizer.load_state_dict(base_sd)
+        self.k, self.alpha, self.lookahead_step = int(la["k"]), float(la["alpha"]), int(la["step"])
         self.state = defaultdict(dict)
-        for i, st in saved.items():
+        for i, t in slow.items():
             p = params[i]
-            self.state[p]["slow_param"] = st["slow_param"].to(device=p.device, copy=True)
+            self.state[p]["slow_param"] = t.to(device=p.device, copy=True)
+        for post in list(self._optimizer_load_state_dict_post_hooks.values()):
+            post(self)
+
+    @staticmethod
+    def _split(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[Any, Tensor], dict[str, Any]]:
+        for key in ("state", "param_groups"):
+            if key not in sd:
+                raise ValueError(f"Not a Lookahead state dict: missing {key!r} (keys: {sorted(sd)})")
+        groups = sd["param_groups"]
+        if not groups or any(k not in groups[0] for k in _LA_KEYS):
+            raise ValueError("Not a Lookahead state dict: its param_groups lack "
+                             f"{', '.join(_LA_KEYS)} (a state dict of the base optimizer?)")
+        la = dict(k=groups[0]["lookahead_k"], alpha=groups[0]["lookahead_alpha"], step=groups[0]["lookahead_step"])
+        # Parameters are keyed as the saved groups list them (indices, or the FQNs that
+        # torch.distributed.checkpoint puts there); they map to positions in group order.
+        pos = {pid: n for n, pid in enumerate(pid for g in groups for pid in g["params"])}
+        base_state: dict[Any, Any] = {}
+        slow: dict[Any, Tensor] = {}
+        for i, st in sd["state"].items():
+            rest = {k: v for k, v in st.items() if k != "slow_param"}
+            if "slow_param" in st:
+                slow[pos.get(i, i)] = st["slow_param"]
+            if rest:
+                base_state[i] = rest
+        base_sd = {k: v for k, v in sd.items() if k not in ("state", "param_groups")}
+        base_sd["state"] = base_state
+        base_sd["param_groups"] = [{k: v for k, v in g.items() if k not in _LA_KEYS} for g in groups]
+        return base_sd, slow, la
+
+    @staticmethod
+    def _split_old(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[Any, Tensor], dict[str, Any]]:
+        for key in ("base_optimizer", "state", "lookahead"):
+            if key not in sd:
+                raise ValueError(f"Not a Lookahead state dict: missing {key!r} (keys: {sorted(sd)})")
+        slow = {i: st["slow_param"] for i, st in sd["state"].items()}
+        return sd["base_optimizer"], slow, sd["lookahead"]
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -50,6 +50,7 @@ __all__ = [
     "centralize",
     "hutchinson_probe",
     "lookahead",
+    "lookahead_sync_",
     "row_mean",
     "scale_by_adamod",
     "scale_by_diffgrad",
@@ -341,6 +342,13 @@ class ScaleByRAdam(Transform):
 # ---------------------------------------------------------------------------- Lookahead
 
 
+def lookahead_sync_(slow: list[Tensor], fast: Sequence[Tensor], alpha: float, foreach: bool) -> list[Tensor]:
+    """Lookahead's synchronisation ``phi <- phi + alpha (fast - phi)`` in place (Zhang et al.
+    2019, Algorithm 1, line 7): the one place of the rule, for the chain transform
+    :class:`LookaheadSync` and the wrapper :class:`hamopt.Lookahead`."""
+    return ops.lerp_(slow, fast, alpha, foreach)
+
+
 class LookaheadSync(Transform):
     """Lookahead's slow weights, applied to the final update (Zhang et al. 2019, Algorithm 1).
 
@@ -388,7 +396,7 @@ class LookaheadSync(Transform):
         out = ctx.writable(updates)
         sub, ss, ps = _pick(out, idx), _pick(slow, idx), _pick(ctx.params, idx)
         ops.add_(sub, ps, ctx.foreach)  # the fast weights
-        ops.lerp_(ss, sub, alpha, ctx.foreach)
+        lookahead_sync_(ss, sub, alpha, ctx.foreach)
         ops.copy_(sub, ss, ctx.foreach)
         ops.add_(sub, ps, ctx.foreach, alpha=-1.0)
         return out
@@ -410,6 +418,14 @@ _CLOSURE_MSG = (
     "`opt.step(closure)` where `closure()` returns the losses on labels sampled from the model's own "
     "output, e.g. `logits = model(x); y = torch.distributions.Categorical(logits=logits).sample(); "
     "return F.cross_entropy(logits, y, reduction='none')`."
+)
+_SECOND_ORDER_MSG = (
+    "Sophia's Hutchinson estimator differentiates the gradient a second time, and this model uses an "
+    "operation torch cannot differentiate twice ({detail}). On the CPU this is usually "
+    "torch.nn.functional.scaled_dot_product_attention (e.g. nn.TransformerEncoderLayer), whose fused CPU "
+    "kernel has no second derivative. Either build the optimizer with estimator='gnb' (Gauss-Newton-Bartlett: "
+    "first derivatives only) and pass a closure, or run the forward pass under "
+    "`with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):`."
 )
 _MASK63 = (1 << 63) - 1
 
@@ -476,6 +492,7 @@ class ScaleBySophia(Transform):
         self.needs_grad_graph = estimator == "hutchinson"
         self._closure: Callable[[], Any] | None = None
         self._loss: Tensor | None = None
+        self._graph_seen = False
 
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_betas(group["betas"], 2)
@@ -489,13 +506,17 @@ class ScaleBySophia(Transform):
 
     # ------------------------------------------------------------------ the closure (gnb)
     @contextmanager
-    def bind_closure(self, closure: Callable[[], Any] | None) -> Iterator[None]:
-        """Make ``closure`` available to the GNB estimator during one optimizer step."""
-        self._closure, self._loss = closure, None
+    def bind_closure(self, closure: Callable[[], Any] | None, graph_seen: bool = False) -> Iterator[None]:
+        """Make ``closure`` available to the GNB estimator during one optimizer step.
+
+        ``graph_seen``: some gradient of the optimizer (any group) carries a graph, so the
+        user did call ``backward(create_graph=True)``: a gradient without one is constant in
+        its parameter (a loss linear in it), and its Hutchinson estimate is zero."""
+        self._closure, self._loss, self._graph_seen = closure, None, graph_seen
         try:
             yield
         finally:
-            self._closure = None
+            self._closure, self._graph_seen = None, False
 
     def take_loss(self) -> Tensor | None:
         """The closure's mean loss of the last step (``None`` if it was not called), detached."""
@@ -532,11 +553,17 @@ class ScaleBySophia(Transform):
                 probes.append(hutchinson_probe(p, st["probe_seed"], int(ctx.steps[i])))
                 pos.append(j)
         if not outs:
-            if any(leaves[i] is not None and leaves[i].numel() > 0 for i in due):  # type: ignore[union-attr]
+            if not self._graph_seen and any(leaves[i] is not None and leaves[i].numel() > 0 for i in due):  # type: ignore[union-attr]
                 raise RuntimeError(_GRAPH_MSG)
-            return [None] * len(due)
-        with torch.enable_grad():
-            hvs = torch.autograd.grad(outs, ins, grad_outputs=probes, retain_graph=True, allow_unused=True)
+            return [None] * len(due)  # gradients constant in their parameters: zero Hessian
+        try:
+            with torch.enable_grad():
+                hvs = torch.autograd.grad(outs, ins, grad_outputs=probes, retain_graph=True, allow_unused=True)
+        except RuntimeError as e:
+            text = str(e)
+            if "derivative for" in text and "not implemented" in text:
+                raise RuntimeError(_SECOND_ORDER_MSG.format(detail=text.strip().splitlines()[0])) from e
+            raise
         est: list[Tensor | None] = [None] * len(due)
         sign = -1.0 if ctx.group.get("maximize", False) else 1.0
         for j, u, hv in zip(pos, probes, hvs):

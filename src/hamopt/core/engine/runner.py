@@ -83,11 +83,17 @@ class Engine:
 
     def step_bucket(self, transform: Transform, group: dict[str, Any], params: list[Tensor],
                     state: MutableMapping[Tensor, Any], chunk_numel: int) -> None:
+        leaves, grads = params, [p.grad for p in params]
+        if params[0].is_complex():  # torch's rule: a complex tensor steps as its view_as_real
+            if transform.needs_grad_graph:
+                raise TypeError(f"{self.owner} does not support complex parameters (got {params[0].dtype}); "
+                                "optimize torch.view_as_real(p) instead")
+            params = [torch.view_as_real(p) for p in params]
+            grads = [torch.view_as_real(g) for g in grads]  # type: ignore[arg-type]
         foreach = group.get("foreach")
         foreach = True if foreach is None else bool(foreach)
         cdtype = compute_dtype(group, params[0].dtype)
         cast = cdtype != params[0].dtype
-        grads = [p.grad for p in params]
         if cast:
             cparams = [p.detach().to(cdtype) for p in params]
             cgrads = [g.to(cdtype) for g in grads]  # type: ignore[union-attr]
@@ -97,14 +103,14 @@ class Engine:
         if group.get("maximize", False):
             cgrads = ops.neg(cgrads, foreach)
 
-        states = [state[p] for p in params]
+        states = [state[p] for p in leaves]  # state is keyed by the parameters themselves
         if not all(states):  # lazy state for parameters seen for the first time
             for st, cp in zip(states, cparams):
                 if len(st) == 0:
                     st["step"] = torch.tensor(0.0, dtype=torch.float32)
                     transform.init(cp, st, group)
         compiling = is_compiling()
-        steps = advance_steps(self.step_vectors, params, states, compiling)
+        steps = advance_steps(self.step_vectors, leaves, states, compiling)
 
         sharded = any(sharding.is_sharded(p) for p in cparams)  # FSDP2: never in CPU pieces
         pieces = None
@@ -113,8 +119,8 @@ class Engine:
         elif (sharded or chunk_numel <= 0 or cparams[0].device.type != "cpu" or compiling
               or (pieces := plan_pieces(chunk_numel, transform.granularity(group), cparams, cgrads, states)) is None):
             apply_chain(transform, StepContext(group=group, params=cparams, grads=cgrads, states=states, steps=steps,
-                                               foreach=foreach, leaves=params))
+                                               foreach=foreach, leaves=leaves))
         else:
-            run_pieces(pieces, transform, group, cparams, cgrads, states, steps, params, foreach, apply_chain)
+            run_pieces(pieces, transform, group, cparams, cgrads, states, steps, leaves, foreach, apply_chain)
         if cast:  # round-to-nearest, or stochastic rounding when the group asks for it
             rounding.write_back(params, cparams, group)
