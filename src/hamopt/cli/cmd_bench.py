@@ -6,10 +6,9 @@ import argparse
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from .main import UsageError
+from .main import UsageError, check_writable
 
 NAME = "bench"
 HELP = "compare optimizers on offline tasks (lr tuning, seeds) and write a Markdown + JSON report"
@@ -55,15 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _flat(items: list[str] | None) -> list[str]:
     return [x.strip() for it in (items or []) for x in it.split(",") if x.strip()]
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".hamopt-write-test"):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write to the output folder {out} ({e.strerror or e})") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
 
     out = Path(args.out)
-    _check_writable(out)
+    check_writable(out)
     if args.resume:
         try:
             load_results(out / "results.json")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from .main import UsageError
+from .main import UsageError, check_writable
 
 NAME = "theory"
 HELP = "check each family's Hamiltonian/Lyapunov claim (THEORY.md) on toy problems; print verdicts, draw figures"
@@ -50,15 +49,6 @@ def _names(items: list[str] | None, known: list[str], what: str) -> list[str] | 
     return list(dict.fromkeys(flat))
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".hamopt-write-test"):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write to the output folder {out} ({e.strerror or e})") from None
-
-
 def _fmt_margin(x: float) -> str:
     return f"{x:+.3g}"
 
@@ -83,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("hamopt theory: lionk_discrete skipped (it needs quadratic or rosenbrock)\n")
     out = Path(args.out)
     if not args.no_figures:
-        _check_writable(out)
+        check_writable(out)
         try:
             from ..theory.figures import pyplot
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
-from .main import UsageError
+from .main import UsageError, check_writable
 
 NAME = "trajectories"
 HELP = "draw optimizer paths on loss-surface contours (lecture, Grams Figure 1, Lion-K Figures 1 and 5)"
@@ -34,15 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which figures (default: all)")
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".hamopt-write-test"):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write to the output folder {out} ({e.strerror or e})") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..bench.common import resolve_optimizers
     from ..theory.trajectories import DEFAULT_OPTIMIZERS, LR_GRID, draw_all
@@ -61,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if not lr > 0:
             raise UsageError(f"--lrs must be positive numbers, got {lr}")
     out = Path(args.out)
-    _check_writable(out)
+    check_writable(out)
     try:
         from ..theory.figures import pyplot
 

@@ -12,14 +12,27 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
-__all__ = ["UsageError", "build_parser", "main"]
+__all__ = ["UsageError", "build_parser", "check_writable", "main"]
 
 
 class UsageError(Exception):
     """A mistake in how the tool was called (bad argument, unknown name, unwritable path)."""
+
+
+def check_writable(out: Path) -> None:
+    """Create the output folder ``out`` and check a file can be written there; a
+    :class:`UsageError` (one line, exit status 2) otherwise."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".hamopt-write-test"):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write to the output folder {out} ({e.strerror or e})") from None
 
 
 class _Parser(argparse.ArgumentParser):
