@@ -42,7 +42,9 @@ def class_text(info: OptimizerInfo) -> str:
     opt = info.create([torch.nn.Parameter(torch.zeros(2, 2))])
     base = getattr(opt, "base_optimizer", None)
     cls = type(opt)
-    kind = "torch.optim." if cls.__module__.startswith("torch.optim") or cls.__name__ == "Adafactor" else ""
+    # a torch class, or hamopt's thin subclass of one (Adafactor, the guarded fused Adam/AdamW)
+    torch_named = any(c.__module__.startswith("torch.optim") and c.__name__ == cls.__name__ for c in cls.__mro__)
+    kind = "torch.optim." if torch_named else ""
     if isinstance(info.factory, type):
         extra = dict(info.overrides)
     else:  # a factory: compare what it built with the class's own defaults
