@@ -1,9 +1,12 @@
 """Property-based fuzzing of every registered optimizer (hypothesis).
 
 Drawn per example: a parameter shape (0-d, zero-size, 1 x n, n x 1, a matrix, 5-D), a dtype
-(float32, float64, bfloat16), hyperparameters across their valid ranges, and a gradient
-scale from 1e-30 to 1e30. Three steps must not raise, must keep shape and dtype, and must
-leave the parameter finite when the inputs are finite by this rule:
+(float32, float64, bfloat16), hyperparameters across their valid ranges (betas also within
+Adam's own condition ``b1^2 / sqrt(b2) < 1``, without which ``|m| / sqrt(v)`` is unbounded
+where a gradient component falls to ~0, e.g. AdaDiag++'s null-space directions: lr 1,
+betas (0.5, 0.0), eps 1e-30 overflowed there), and a gradient scale from 1e-30 to 1e30.
+Three steps must not raise, must keep shape and dtype, and must leave the parameter finite
+when the inputs are finite by this rule:
 
     **finite inputs**: the parameter and the gradients are finite, and every gradient
     element satisfies ``|g| <= 1e15`` when the state dtype is float32 (float32 and bfloat16
@@ -60,7 +63,12 @@ def _hyper(draw: st.DrawFn, defaults: dict[str, Any]) -> dict[str, Any]:
     if "weight_decay" in defaults:
         kw["weight_decay"] = draw(st.sampled_from([0.0, 1e-4, 0.01, 0.5]))
     if isinstance(defaults.get("betas"), tuple):
-        kw["betas"] = tuple(draw(st.sampled_from([0.0, 0.5, 0.9, 0.99, 0.999])) for _ in defaults["betas"])
+        values = [0.0, 0.5, 0.9, 0.99, 0.999]
+        betas = [draw(st.sampled_from(values)) for _ in defaults["betas"]]
+        if len(betas) >= 2 and betas[0] > 0:  # Adam's condition b1^2 / sqrt(b2) < 1 (Kingma and Ba 2015,
+            # Theorem 4.1): otherwise |m| / sqrt(v) is unbounded where a gradient falls to ~0
+            betas[1] = draw(st.sampled_from([b for b in values if betas[0] ** 2 < math.sqrt(b)]))
+        kw["betas"] = tuple(betas)
     if isinstance(defaults.get("eps"), float):
         kw["eps"] = draw(st.sampled_from([1e-30, 1e-16, 1e-8, 1e-3]))
     return kw
