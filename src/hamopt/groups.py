@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .core.optimizer import init_wrapper_hooks
 from .memory import _local, _tensors, expected_state_bytes, fmt_bytes
 from .model_groups import NORM_CLASSES, ParamInfo, _matches, _split, inspect_model, param_groups
 from .registry import create, get
@@ -173,9 +173,6 @@ def _wants_weight_decay(rule: Any, kwargs: Mapping[str, Any]) -> bool:
         return False
 
 
-_HOOK_DICTS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-               "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-               "_optimizer_load_state_dict_post_hooks")
 
 
 class _MergedState(Mapping[Tensor, Any]):
@@ -229,13 +226,7 @@ class PartitionedOptimizer(torch.optim.Optimizer):
         self.optimizers = optimizers
         self.labels = list(labels) if labels is not None else [type(o).__name__ for o in optimizers]
         self.defaults: dict[str, Any] = {}
-        self._init_hooks()
-
-    def _init_hooks(self) -> None:
-        for name in _HOOK_DICTS:
-            if name not in self.__dict__:
-                setattr(self, name, OrderedDict())
-        self._patch_step_function()
+        init_wrapper_hooks(self)
 
     @property  # type: ignore[override]
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -250,7 +241,7 @@ class PartitionedOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._init_hooks()
+        init_wrapper_hooks(self)
 
     def __repr__(self) -> str:
         inner = ",\n".join(f"  {lab}: {o!r}".replace("\n", "\n  ") for lab, o in zip(self.labels, self.optimizers))

@@ -19,6 +19,7 @@ How a step runs (buckets, CPU pieces, FSDP2 shards, step counters) is the engine
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,9 +31,25 @@ from . import validation as V
 from .engine import Engine
 from .transform import Chain, Transform
 
-__all__ = ["ChainedOptimizer", "ParamsT", "enable_stochastic_rounding", "set_nonfinite"]
+__all__ = ["ChainedOptimizer", "ParamsT", "enable_stochastic_rounding", "init_wrapper_hooks", "set_nonfinite"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+#: The hook registries ``torch.optim.Optimizer.__init__`` gives every optimizer.
+_HOOK_DICTS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+               "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+               "_optimizer_load_state_dict_post_hooks")
+
+
+def init_wrapper_hooks(optimizer: torch.optim.Optimizer) -> None:
+    """Give an optimizer that wraps others, and so skips ``torch.optim.Optimizer.__init__``
+    (Lookahead, :func:`hamopt.partition`'s composite), torch's hook registries and its hooked
+    ``step``. Registries it already has are kept, so it is safe to call again after unpickling."""
+    for name in _HOOK_DICTS:
+        if name not in optimizer.__dict__:
+            setattr(optimizer, name, OrderedDict())
+    optimizer._patch_step_function()
+
 
 #: The values of the per-group ``nonfinite`` setting (see :class:`ChainedOptimizer`).
 NONFINITE = ("propagate", "skip", "raise")

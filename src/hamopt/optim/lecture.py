@@ -23,7 +23,7 @@ Lion is not here: it is Lion-K with the ``sign`` kernel (:mod:`hamopt.optim.lion
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..core import ops
 from ..core import validation as V
-from ..core.optimizer import ChainedOptimizer, ParamsT
+from ..core.optimizer import ChainedOptimizer, ParamsT, init_wrapper_hooks
 from ..core.transform import Transform, chain
 from ..transforms.common import (
     add_decayed_weights,
@@ -406,14 +406,6 @@ class Sophia(ChainedOptimizer):
 
 
 _LOW = (torch.bfloat16, torch.float16)
-_HOOK_DICTS = (
-    "_optimizer_step_pre_hooks",
-    "_optimizer_step_post_hooks",
-    "_optimizer_state_dict_pre_hooks",
-    "_optimizer_state_dict_post_hooks",
-    "_optimizer_load_state_dict_pre_hooks",
-    "_optimizer_load_state_dict_post_hooks",
-)
 
 
 #: The keys a Lookahead state dict adds to each saved parameter group (taken out again on load).
@@ -483,13 +475,7 @@ class Lookahead(torch.optim.Optimizer):
         self.lookahead_step = 0
         self.defaults = base_optimizer.defaults
         self.state: defaultdict[Tensor, Any] = defaultdict(dict)
-        self._init_hooks()
-
-    def _init_hooks(self) -> None:
-        for name in _HOOK_DICTS:
-            if name not in self.__dict__:
-                setattr(self, name, OrderedDict())
-        self._patch_step_function()
+        init_wrapper_hooks(self)
 
     @property  # type: ignore[override]
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -508,7 +494,7 @@ class Lookahead(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._init_hooks()
+        init_wrapper_hooks(self)
 
     def __repr__(self) -> str:
         return f"Lookahead(k={self.k}, alpha={self.alpha}, base_optimizer={self.base_optimizer!r})"
