@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 import hamopt
-from test_distributed import _join, _spawn
+from test_distributed import _spawn
 
 pytestmark = [
     pytest.mark.dist,
@@ -116,45 +116,41 @@ def _sharded(mesh) -> torch.nn.Module:  # type: ignore[no-untyped-def]
     return net
 
 
-def _worker(rank: int, out: str) -> None:
-    _join(rank, out)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
+def _worker(rank: int, out: str) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh("cpu", (2,))
-        x, y = _data()
-        xs, ys = x[rank * 4:(rank + 1) * 4], y[rank * 4:(rank + 1) * 4]
-        results: dict[str, Any] = {}
-        for name in NAMES:
-            try:
-                net = _sharded(mesh)
-                opt = _make(name, net)
-                _train(net, opt, xs, ys, range(BEFORE), poison=True)
-                msd, osd = get_state_dict(net, opt)
-                saved = {"osd": _full(osd), "params": [_full(p) for p in net.parameters()]}
-                dcp.save({"model": msd, "optim": osd}, checkpoint_id=f"{out}.ckpt.{name}")
-                _train(net, opt, xs, ys, range(BEFORE, BEFORE + AFTER))
-                straight = [_full(p) for p in net.parameters()]
-                net2 = _sharded(mesh)
-                opt2 = _make(name, net2)
-                msd2, osd2 = get_state_dict(net2, opt2)
-                dcp.load({"model": msd2, "optim": osd2}, checkpoint_id=f"{out}.ckpt.{name}")
-                set_state_dict(net2, opt2, model_state_dict=msd2, optim_state_dict=osd2)
-                _train(net2, opt2, xs, ys, range(BEFORE, BEFORE + AFTER))
-                results[name] = {"saved": saved, "straight": straight,
-                                 "resumed": [_full(p) for p in net2.parameters()]}
-            except Exception as e:  # reported by the test for this name, not a hang of the other rank
-                results[name] = {"error": f"{type(e).__name__}: {e}"}
-                dist.barrier()
-        try:  # Sophia on shards: a clear error, not a wrong result
+    mesh = init_device_mesh("cpu", (2,))
+    x, y = _data()
+    xs, ys = x[rank * 4:(rank + 1) * 4], y[rank * 4:(rank + 1) * 4]
+    results: dict[str, Any] = {}
+    for name in NAMES:
+        try:
             net = _sharded(mesh)
-            _train(net, hamopt.create("sophia", net.parameters()), xs, ys, range(1))
-            results["sophia"] = "no error"
-        except NotImplementedError as e:
-            results["sophia"] = str(e)
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+            opt = _make(name, net)
+            _train(net, opt, xs, ys, range(BEFORE), poison=True)
+            msd, osd = get_state_dict(net, opt)
+            saved = {"osd": _full(osd), "params": [_full(p) for p in net.parameters()]}
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=f"{out}.ckpt.{name}")
+            _train(net, opt, xs, ys, range(BEFORE, BEFORE + AFTER))
+            straight = [_full(p) for p in net.parameters()]
+            net2 = _sharded(mesh)
+            opt2 = _make(name, net2)
+            msd2, osd2 = get_state_dict(net2, opt2)
+            dcp.load({"model": msd2, "optim": osd2}, checkpoint_id=f"{out}.ckpt.{name}")
+            set_state_dict(net2, opt2, model_state_dict=msd2, optim_state_dict=osd2)
+            _train(net2, opt2, xs, ys, range(BEFORE, BEFORE + AFTER))
+            results[name] = {"saved": saved, "straight": straight,
+                             "resumed": [_full(p) for p in net2.parameters()]}
+        except Exception as e:  # reported by the test for this name, not a hang of the other rank
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+            dist.barrier()
+    try:  # Sophia on shards: a clear error, not a wrong result
+        net = _sharded(mesh)
+        _train(net, hamopt.create("sophia", net.parameters()), xs, ys, range(1))
+        results["sophia"] = "no error"
+    except NotImplementedError as e:
+        results["sophia"] = str(e)
+    return results
 
 
 @pytest.fixture(scope="module")

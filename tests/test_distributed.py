@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
+import os
 import sys
+import time
+import traceback
 
 import pytest
 import torch
@@ -62,25 +66,66 @@ def _join(rank: int, out: str, world: int = 2) -> None:
                             timeout=datetime.timedelta(seconds=120))
 
 
+def _rank_main(rank: int, worker, out: str, world: int) -> None:  # type: ignore[no-untyped-def]
+    """One rank: join, ``results = worker(rank, out)``, save them to ``out.<rank>``, leave.
+
+    Every object the worker made (DDP modules, FSDP2 meshes, optimizers) is freed before the
+    process group is destroyed. A DDP ``Reducer`` holds a reference to the group and is freed
+    with the GIL held; when it drops the group's last reference (``destroy_process_group``
+    already ran), the group's destructor joins gloo threads that may be waiting for the GIL,
+    and the rank never exits (seen in CI with torch 2.13: the whole run hung at 95%).
+    """
+    _join(rank, out, world)
+    error = None
+    try:
+        results = worker(rank, out)
+    except BaseException:  # reported to the parent below, after the teardown
+        error = traceback.format_exc()
+    gc.collect()  # the worker's frame and any cycle holding a Reducer go while the group lives
+    if error is None:
+        torch.save(results, f"{out}.{rank}")
+        del results
+        gc.collect()
+    dist.destroy_process_group()
+    if error is not None:
+        raise RuntimeError(f"rank {rank} of {world} failed:\n{error}")
+
+
+#: A spawned run that has not ended by then is killed and fails its test (the longest, the
+#: HSDP test on 4 processes, takes about 10 s on 2 idle cores).
+SPAWN_TIMEOUT_S = 600.0
+
+
 def _spawn(worker, out: str, world: int = 2) -> list[dict]:  # type: ignore[no-untyped-def]
-    """Run ``worker(rank, out)`` in ``world`` processes; what each saved to ``out.<rank>``."""
-    mp.spawn(worker, args=(out,), nprocs=world, join=True)
+    """Run ``worker(rank, out)`` in ``world`` gloo processes; the results each returned.
+
+    ``worker`` is a module-level function (it is pickled into the spawned processes). A run
+    that hangs is killed after ``SPAWN_TIMEOUT_S`` and fails the test, naming the ranks that
+    had not saved their results, instead of holding the test session.
+    """
+    ctx = mp.start_processes(_rank_main, args=(worker, out, world), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            missing = [r for r in range(world) if not os.path.exists(f"{out}.{r}")]
+            for proc in ctx.processes:
+                if proc.is_alive():
+                    proc.kill()
+            pytest.fail(f"{worker.__name__} on {world} ranks did not end within {SPAWN_TIMEOUT_S:.0f} s "
+                        f"(ranks without results: {missing or 'none: a hang after saving'})")
     return [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]
 
 
-def _worker(rank: int, out: str) -> None:
-    _join(rank, out)
-    try:
-        x, y = _batch()
-        shard = slice(rank * 8, (rank + 1) * 8)
-        results = {}
-        for name in NAMES:
-            ddp = torch.nn.parallel.DistributedDataParallel(_model())
-            _train(ddp, _make(name, ddp.parameters()), x[shard], y[shard])
-            results[name] = [p.detach().clone() for p in ddp.module.parameters()]
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, out: str) -> dict:
+    x, y = _batch()
+    shard = slice(rank * 8, (rank + 1) * 8)
+    results = {}
+    for name in NAMES:
+        ddp = torch.nn.parallel.DistributedDataParallel(_model())
+        _train(ddp, _make(name, ddp.parameters()), x[shard], y[shard])
+        results[name] = [p.detach().clone() for p in ddp.module.parameters()]
+    return results
 
 
 def test_ddp_equals_single_process_full_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -188,33 +233,29 @@ def _fed_run(kw: dict, mesh=None, name: str = "adadiag",  # type: ignore[no-unty
     return whole, bases
 
 
-def _fsdp_worker(rank: int, out: str) -> None:
-    _join(rank, out)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
+def _fsdp_worker(rank: int, out: str) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh("cpu", (2,))
-        x, y = _images()
-        shard = slice(rank * 8, (rank + 1) * 8)
-        results: dict = {}
-        for name in FSDP_NAMES:
-            net = _Net()
-            for module in (net.conv, net.a, net.b, net.h):
-                fully_shard(module, mesh=mesh)
-            fully_shard(net, mesh=mesh)
-            opt = hamopt.create(name, net.parameters(), **_fsdp_kwargs(name))
-            _train_net(net, opt, x[shard], y[shard])
-            results[name] = [p.detach().full_tensor() for p in net.parameters()]
-            if name == "ams":  # the sign buffer of every parameter: created mid-run, sharded
-                results["ams:sign_buffer_sharded"] = [type(opt.state[p]["sign_avg"]).__name__ == "DTensor"
-                                                      for p in net.parameters()]
-        for key, kw in FED.items():
-            results[f"fed:{key}"] = _fed_run(kw, mesh)
-        for name, kw in RESUMED.items():
-            results[f"resumed:{name}"] = [_fed_run(kw, mesh, name, resume_at=r)[0] for r in (None, 4)]
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    mesh = init_device_mesh("cpu", (2,))
+    x, y = _images()
+    shard = slice(rank * 8, (rank + 1) * 8)
+    results: dict = {}
+    for name in FSDP_NAMES:
+        net = _Net()
+        for module in (net.conv, net.a, net.b, net.h):
+            fully_shard(module, mesh=mesh)
+        fully_shard(net, mesh=mesh)
+        opt = hamopt.create(name, net.parameters(), **_fsdp_kwargs(name))
+        _train_net(net, opt, x[shard], y[shard])
+        results[name] = [p.detach().full_tensor() for p in net.parameters()]
+        if name == "ams":  # the sign buffer of every parameter: created mid-run, sharded
+            results["ams:sign_buffer_sharded"] = [type(opt.state[p]["sign_avg"]).__name__ == "DTensor"
+                                                  for p in net.parameters()]
+    for key, kw in FED.items():
+        results[f"fed:{key}"] = _fed_run(kw, mesh)
+    for name, kw in RESUMED.items():
+        results[f"resumed:{name}"] = [_fed_run(kw, mesh, name, resume_at=r)[0] for r in (None, 4)]
+    return results
 
 
 @pytest.mark.skipif(fully_shard is None, reason="needs torch.distributed.fsdp.fully_shard (FSDP2)")
@@ -253,25 +294,21 @@ def test_fsdp2_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyp
 HSDP_NAMES = ["adadiag", "hfac"]
 
 
-def _hsdp_worker(rank: int, out: str) -> None:
-    _join(rank, out, world=4)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
+def _hsdp_worker(rank: int, out: str) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
-        x, y = _images()
-        shard = slice(rank * 4, (rank + 1) * 4)
-        results = {}
-        for name in HSDP_NAMES:
-            net = _Net()
-            for module in (net.conv, net.a, net.b, net.h):
-                fully_shard(module, mesh=mesh)
-            fully_shard(net, mesh=mesh)
-            _train_net(net, hamopt.create(name, net.parameters(), **_fsdp_kwargs(name)), x[shard], y[shard])
-            results[name] = [p.detach().full_tensor() for p in net.parameters()]
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    x, y = _images()
+    shard = slice(rank * 4, (rank + 1) * 4)
+    results = {}
+    for name in HSDP_NAMES:
+        net = _Net()
+        for module in (net.conv, net.a, net.b, net.h):
+            fully_shard(module, mesh=mesh)
+        fully_shard(net, mesh=mesh)
+        _train_net(net, hamopt.create(name, net.parameters(), **_fsdp_kwargs(name)), x[shard], y[shard])
+        results[name] = [p.detach().full_tensor() for p in net.parameters()]
+    return results
 
 
 @pytest.mark.skipif(fully_shard is None, reason="needs torch.distributed.fsdp.fully_shard (FSDP2)")
@@ -324,28 +361,24 @@ def _train_mlp(model: torch.nn.Module, opt: torch.optim.Optimizer, rows: slice) 
         opt.step()
 
 
-def _mlp_worker(rank: int, out: str) -> None:
-    _join(rank, out)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
+def _mlp_worker(rank: int, out: str) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
 
-        rows = slice(rank * 4, (rank + 1) * 4)
-        results: dict = {}
-        for name in MLP_NAMES:
-            ddp = torch.nn.parallel.DistributedDataParallel(_mlp())
-            _train_mlp(ddp, hamopt.create(name, ddp.parameters(), **MLP_KW[name]), rows)
-            results[f"ddp:{name}"] = [p.detach().clone() for p in ddp.module.parameters()]
-            if fully_shard is not None:
-                net = _mlp()
-                mesh = init_device_mesh("cpu", (2,))
-                for module in (net[0], net[2]):
-                    fully_shard(module, mesh=mesh)
-                fully_shard(net, mesh=mesh)
-                _train_mlp(net, hamopt.create(name, net.parameters(), **MLP_KW[name]), rows)
-                results[f"fsdp:{name}"] = [p.detach().full_tensor() for p in net.parameters()]
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    rows = slice(rank * 4, (rank + 1) * 4)
+    results: dict = {}
+    for name in MLP_NAMES:
+        ddp = torch.nn.parallel.DistributedDataParallel(_mlp())
+        _train_mlp(ddp, hamopt.create(name, ddp.parameters(), **MLP_KW[name]), rows)
+        results[f"ddp:{name}"] = [p.detach().clone() for p in ddp.module.parameters()]
+        if fully_shard is not None:
+            net = _mlp()
+            mesh = init_device_mesh("cpu", (2,))
+            for module in (net[0], net[2]):
+                fully_shard(module, mesh=mesh)
+            fully_shard(net, mesh=mesh)
+            _train_mlp(net, hamopt.create(name, net.parameters(), **MLP_KW[name]), rows)
+            results[f"fsdp:{name}"] = [p.detach().full_tensor() for p in net.parameters()]
+    return results
 
 
 def mlp_gaps(ranks: list[dict]) -> dict[str, float]:

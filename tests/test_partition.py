@@ -253,32 +253,26 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
         opt.step()
 
 
-def _fsdp_worker(rank: int, out: str) -> None:
+def _fsdp_worker(rank: int, out: str) -> dict:
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    from test_distributed import _join
-
-    _join(rank, out)
-    try:
-        model = fully_shard(_mlp())
-        opt = hamopt.partition(model, _rules())
-        _train(model, opt, range(3))
-        # torch's DCP view of the composite's state_dict (it holds the live tensors: copy it)
-        osd = copy.deepcopy(get_optimizer_state_dict(model, opt))
-        fqns = sorted(osd["state"])
-        _train(model, opt, range(3, 5))
-        # resume: a fresh sharded model and optimizer, loaded through DCP, then the same 2 steps
-        model2 = fully_shard(_mlp())
-        opt2 = hamopt.partition(model2, _rules())
-        _train(model2, opt2, range(3))  # same weights as model at step 3
-        opt2b = hamopt.partition(model2, _rules())
-        set_optimizer_state_dict(model2, opt2b, osd)
-        _train(model2, opt2b, range(3, 5))
-        full = [p.full_tensor().detach().clone() for p in model.parameters()]
-        resumed = [p.full_tensor().detach().clone() for p in model2.parameters()]
-        torch.save({"full": full, "resumed": resumed, "fqns": fqns}, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    model = fully_shard(_mlp())
+    opt = hamopt.partition(model, _rules())
+    _train(model, opt, range(3))
+    # torch's DCP view of the composite's state_dict (it holds the live tensors: copy it)
+    osd = copy.deepcopy(get_optimizer_state_dict(model, opt))
+    fqns = sorted(osd["state"])
+    _train(model, opt, range(3, 5))
+    # resume: a fresh sharded model and optimizer, loaded through DCP, then the same 2 steps
+    model2 = fully_shard(_mlp())
+    opt2 = hamopt.partition(model2, _rules())
+    _train(model2, opt2, range(3))  # same weights as model at step 3
+    opt2b = hamopt.partition(model2, _rules())
+    set_optimizer_state_dict(model2, opt2b, osd)
+    _train(model2, opt2b, range(3, 5))
+    full = [p.full_tensor().detach().clone() for p in model.parameters()]
+    resumed = [p.full_tensor().detach().clone() for p in model2.parameters()]
+    return {"full": full, "resumed": resumed, "fqns": fqns}
 
 
 @pytest.mark.dist
