@@ -1,6 +1,6 @@
 """bf16 parameters and state: bytes per parameter, step time and charlm curves, as a Markdown table.
 
-Five settings of one hamopt optimizer:
+Four settings of one hamopt optimizer:
 
 - ``fp32``: float32 parameters and state;
 - ``bf16 / fp32 state``: bfloat16 parameters, float32 state and arithmetic (the default for

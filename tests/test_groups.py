@@ -136,6 +136,17 @@ def test_create_with_a_module_decays_only_the_decayed_group() -> None:
     hf = hamopt.create("hfac", TinyLlama(layers=1), weight_decay=0.1)
     assert [g["weight_decay"] for g in hf.param_groups] == [0.1, 0.0]
     assert len(hamopt.create("hfac", list(ConvNet().parameters())).param_groups) == 1
+    # the model's own rules extended from create(): names and classes kept free of decay
+    m3 = TinyLlama(layers=1)
+    hf3 = hamopt.create("hfac", m3, weight_decay=0.1, no_decay=["head.weight"], decay_embeddings=False)
+    free = {n for g in hf3.param_groups if g["weight_decay"] == 0.0 for n in g["param_names"]}
+    assert {"head.weight", "embed.weight"} <= free
+    assert free == {n for g in hamopt.param_groups(m3, 0.1, no_decay=["head.weight"], decay_embeddings=False)
+                    if g["weight_decay"] == 0.0 for n in g["param_names"]}
+    with pytest.raises(TypeError, match="need a model"):
+        hamopt.create("hfac", list(m3.parameters()), no_decay=["head.weight"])
+    with pytest.raises(ValueError, match="filter_bias_and_norm=False"):
+        hamopt.create("hfac", m3, no_decay=["head.weight"], filter_bias_and_norm=False)
 
 
 def test_describe_counts_and_state_bytes() -> None:

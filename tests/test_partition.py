@@ -128,6 +128,47 @@ def test_equals_separate_optimizers_with_per_group_schedules() -> None:
     assert hamopt.state_bytes(comp) == sum(hamopt.state_bytes(o) for o in refs) > 0
 
 
+@pytest.mark.parametrize("kind", ["onecycle", "cyclic"])
+def test_momentum_cycling_schedulers_equal_separate_optimizers(kind: str) -> None:
+    # OneCycleLR and CyclicLR cycle beta1 when the optimizer's defaults have "betas": every
+    # rule here has them, so the composite must follow the same lrs and betas as its children.
+    a, comp, b, refs = _composite_and_reference()
+
+    def make(o: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        n = len(o.param_groups)
+        if kind == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(o, max_lr=[1e-2] * n, total_steps=8)
+        return torch.optim.lr_scheduler.CyclicLR(o, base_lr=1e-4, max_lr=1e-2, step_size_up=3)
+
+    sched, ref_scheds = make(comp), [make(o) for o in refs]
+    assert "betas" in comp.defaults and "lr" in comp.defaults
+    for step in range(6):
+        comp.zero_grad()
+        _loss(a, step).backward()
+        comp.step()
+        sched.step()
+        for o in refs:
+            o.zero_grad()
+        _loss(b, step).backward()
+        for o, s in zip(refs, ref_scheds):
+            o.step()
+            s.step()
+        ref_groups = [g for o in refs for g in o.param_groups]
+        assert [g["lr"] for g in comp.param_groups] == [g["lr"] for g in ref_groups]
+        assert [g["betas"] for g in comp.param_groups] == [g["betas"] for g in ref_groups]
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_defaults_are_what_every_child_has() -> None:
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    comp = hamopt.partition(m, {"matrices": "hfac", "rest": ("sgd", {"lr": 0.1, "momentum": 0.9})})
+    assert "lr" in comp.defaults and "betas" not in comp.defaults and "momentum" not in comp.defaults
+    with pytest.raises(ValueError, match="cycle_momentum"):  # torch's own message, not a KeyError
+        torch.optim.lr_scheduler.OneCycleLR(comp, max_lr=0.1, total_steps=4)
+    torch.optim.lr_scheduler.OneCycleLR(comp, max_lr=0.1, total_steps=4, cycle_momentum=False)
+
+
 def test_state_dict_is_torch_format_and_resumes_bit_for_bit(tmp_path) -> None:
     a, comp, _, _ = _composite_and_reference()
     for step in range(3):

@@ -4,7 +4,7 @@ Each ```python block runs alone, in a fresh namespace, with a temporary folder a
 directory (examples that write files write them there). Snippets that are not meant to run
 are fenced as ```text or ```bash. The README's optimizer table is the output of
 ``scripts/optimizer_table.py`` (checked here too), and every relative link in the docs points
-at a file that exists (or at a page another branch is writing, listed in ``PENDING``).
+at a file that exists.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 #: pages that docs/index.md lists but that other work in progress writes
-PENDING = {"theory.md", "reliability.md", "parameter-groups.md", "integrations.md", "precision.md"}
-
-
 def _blocks() -> list[tuple[Path, int, str]]:
     out = []
     for page in PAGES:
@@ -100,8 +97,7 @@ def test_relative_links_resolve() -> None:
                 continue
             path = (page.parent / target).resolve() if target else page
             if not path.exists():
-                if path.name not in PENDING:
-                    missing.append(f"{page.relative_to(ROOT)} -> {target}")
+                missing.append(f"{page.relative_to(ROOT)} -> {target}")
             elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
                 missing.append(f"{page.relative_to(ROOT)} -> {target}#{anchor}")
     assert not missing, missing

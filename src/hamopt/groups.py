@@ -225,7 +225,11 @@ class PartitionedOptimizer(torch.optim.Optimizer):
                     seen[id(p)] = k
         self.optimizers = optimizers
         self.labels = list(labels) if labels is not None else [type(o).__name__ for o in optimizers]
-        self.defaults: dict[str, Any] = {}
+        # The defaults every child has (the first child's values): schedulers read them to
+        # tell what they may change (OneCycleLR and CyclicLR cycle ``betas`` only when
+        # ``"betas" in optimizer.defaults``); the children's own defaults are unchanged.
+        self.defaults: dict[str, Any] = {k: v for k, v in optimizers[0].defaults.items()
+                                         if all(k in o.defaults for o in optimizers[1:])}
         init_wrapper_hooks(self)
 
     @property  # type: ignore[override]

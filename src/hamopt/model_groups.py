@@ -218,9 +218,11 @@ def param_groups(
     return _split(infos, weight_decay, True, group_options)
 
 
-def _module_groups(model: nn.Module, filter_bias_and_norm: bool, weight_decay: float | None) -> list[dict[str, Any]]:
+def _module_groups(model: nn.Module, filter_bias_and_norm: bool, weight_decay: float | None,
+                   no_decay: Iterable[str | type[nn.Module]] = (), decay_embeddings: bool = True
+                   ) -> list[dict[str, Any]]:
     """What ``hamopt.create(name, model)`` passes to the optimizer (see :func:`hamopt.create`)."""
-    infos = inspect_model(model)
+    infos = inspect_model(model, no_decay=no_decay, decay_embeddings=decay_embeddings)
     if not infos:
         raise ValueError(f"model {type(model).__name__} has no trainable parameter")
     return _split(infos, weight_decay, filter_bias_and_norm, {})

@@ -175,6 +175,7 @@ def get(name: str) -> OptimizerInfo:
 
 
 def create(name: str, params: Iterable[Any] | torch.nn.Module, *, filter_bias_and_norm: bool = True,
+           no_decay: Iterable[Any] = (), decay_embeddings: bool = True,
            **overrides: Any) -> torch.optim.Optimizer:
     """Build the optimizer registered as ``name`` with its defaults updated by ``overrides``.
 
@@ -183,7 +184,9 @@ def create(name: str, params: Iterable[Any] | torch.nn.Module, *, filter_bias_an
     :func:`hamopt.param_groups` does: weight decay on matrices and convolution kernels, none
     on biases, normalization layers (torch's and any module whose own parameters are all
     1-D) and the model's ``no_weight_decay()`` names; each group carries ``param_names``.
-    ``filter_bias_and_norm=False`` puts every parameter in one group instead.
+    ``no_decay`` (names, patterns or module classes) and ``decay_embeddings=False`` add to
+    those rules as in :func:`hamopt.param_groups`; ``filter_bias_and_norm=False`` puts every
+    parameter in one group instead. ``no_decay`` and ``decay_embeddings`` need a model.
 
     ``stochastic_rounding=True`` (hamopt's own optimizers) writes bfloat16 parameters back
     from the float32 update with stochastic rounding (:mod:`hamopt.core.rounding`).
@@ -198,7 +201,13 @@ def create(name: str, params: Iterable[Any] | torch.nn.Module, *, filter_bias_an
     sr = overrides.pop("stochastic_rounding", None)
     nonfinite = overrides.pop("nonfinite", None)
     if isinstance(params, torch.nn.Module):
-        params = _module_groups(params, filter_bias_and_norm, None)
+        if not filter_bias_and_norm and (no_decay or not decay_embeddings):
+            raise ValueError("no_decay and decay_embeddings choose which parameters skip weight decay; "
+                             "they cannot be used with filter_bias_and_norm=False")
+        params = _module_groups(params, filter_bias_and_norm, None, tuple(no_decay), decay_embeddings)
+    elif no_decay or not decay_embeddings:
+        raise TypeError("no_decay and decay_embeddings need a model (torch.nn.Module), not parameters; "
+                        "or build the groups with hamopt.param_groups(model, no_decay=...)")
     opt = info.create(params, **overrides)
     if sr is not None:
         enable_stochastic_rounding(opt, bool(sr))

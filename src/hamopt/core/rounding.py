@@ -1,8 +1,9 @@
 """Stochastic rounding of float32 values to bfloat16, for writing bf16 parameters back.
 
 A bf16 parameter is updated in float32 (its compute copy) and written back. Rounding to
-nearest loses every update smaller than half a bf16 spacing (``2^-8`` relative): late in
-training, when ``lr * update`` is small against the weight, the weight stops moving.
+nearest loses every update smaller than half a bf16 spacing (``2^-9`` to ``2^-8`` of the
+weight): late in training, when ``lr * update`` is small against the weight, the weight
+stops moving.
 Stochastic rounding rounds up with probability equal to the distance from the lower
 neighbour, so the expected stored value is the float32 value and small updates survive on
 average (Gupta et al., "Deep Learning with Limited Numerical Precision", ICML 2015; Zamirai
