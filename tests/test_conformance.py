@@ -127,12 +127,8 @@ def test_step_without_grads_changes_nothing(info: OptimizerInfo) -> None:
         assert all(len(opt.state[p]) == 0 for p in ps)
 
 
-def test_step_with_zero_grads_changes_nothing(request: pytest.FixtureRequest, info: OptimizerInfo) -> None:
+def test_step_with_zero_grads_changes_nothing(info: OptimizerInfo) -> None:
     # torch's test_step_is_noop_for_zero_grads: no weight decay, a zero gradient, no move.
-    if info.name == "sophia":  # open: see the reason
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "Sophia cannot tell a loss linear in every parameter (no gradient carries a graph, even with "
-            "create_graph=True) from a backward without create_graph, and raises (issue 15 problem 5, open)")))
     ps = [torch.nn.Parameter(torch.randn(5, 1)), torch.nn.Parameter(torch.randn(3, 4))]
     before = [p.detach().clone() for p in ps]
     opt = make_opt(info, ps, **_no_decay(info))

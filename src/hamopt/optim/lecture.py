@@ -298,8 +298,9 @@ class Sophia(ChainedOptimizer):
     Estimators (see :class:`hamopt.transforms.ScaleBySophia`):
 
     * ``estimator="hutchinson"`` (default, Algorithm 1): ``hhat = u ⊙ (H u)``, ``u ~ N(0, I)``.
-      Call ``loss.backward(create_graph=True); opt.step()``; a missing graph at a refresh step
-      is a ``RuntimeError`` that says so.
+      Call ``loss.backward(create_graph=True); opt.step()``. At a refresh step where no
+      gradient carries a graph (a loss linear in every parameter, or a backward without
+      ``create_graph``) the estimate is zero and a ``UserWarning`` says how to get one.
     * ``estimator="gnb"`` (Gauss-Newton-Bartlett, Algorithm 2): ``hhat = B ghat ⊙ ghat`` with
       ``ghat`` the gradient of the mean of the losses on labels sampled from the model's own
       output. Call ``loss.backward(); opt.step(closure)`` where ``closure()`` returns those

@@ -28,6 +28,7 @@ see :class:`hamopt.SignSGD`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -409,9 +410,10 @@ class LookaheadSync(Transform):
 
 _GRAPH_MSG = (
     "Sophia's Hutchinson estimator refreshes the diagonal Hessian estimate every k steps from the "
-    "gradient graph, and the gradients of this step carry none. Call "
-    "`loss.backward(create_graph=True)` before `opt.step()` (or in the closure), or build the "
-    "optimizer with estimator='gnb' and pass a closure."
+    "gradient graph, and no gradient of this step carries one, so the estimate of this refresh is "
+    "zero: right for a loss linear in every parameter (or a zero gradient), not what you want "
+    "otherwise. Call `loss.backward(create_graph=True)` before `opt.step()` (or in the closure), or "
+    "build the optimizer with estimator='gnb' and pass a closure."
 )
 _CLOSURE_MSG = (
     "Sophia(estimator='gnb') refreshes its Hessian estimate every k steps from a closure: call "
@@ -553,9 +555,13 @@ class ScaleBySophia(Transform):
                 probes.append(hutchinson_probe(p, st["probe_seed"], int(ctx.steps[i])))
                 pos.append(j)
         if not outs:
+            # Gradients constant in their parameters: a zero Hessian. Without a graph anywhere
+            # this cannot be told apart from a backward without create_graph (a loss linear in
+            # every parameter has no graph either), so it is not an error, as a zero-gradient
+            # step is not for any torch optimizer; the warning says how to get the estimate.
             if not self._graph_seen and any(leaves[i] is not None and leaves[i].numel() > 0 for i in due):  # type: ignore[union-attr]
-                raise RuntimeError(_GRAPH_MSG)
-            return [None] * len(due)  # gradients constant in their parameters: zero Hessian
+                warnings.warn(_GRAPH_MSG, UserWarning, stacklevel=2)
+            return [None] * len(due)
         try:
             with torch.enable_grad():
                 hvs = torch.autograd.grad(outs, ins, grad_outputs=probes, retain_graph=True, allow_unused=True)
