@@ -15,6 +15,7 @@ from hamopt.theory import (
     GramsSystem,
     HeavyBallSystem,
     HFacSystem,
+    LionKDiscreteSystem,
     LionKSystem,
     integrate,
 )
@@ -146,6 +147,31 @@ def test_lionk_discrete_on_two_objectives() -> None:
     assert all(r.verdict == "holds" for r in res.records), [r.claim for r in res.records if r.verdict != "holds"]
     printed = [r for r in res.records if "printed constants" in r.claim]
     assert len(printed) == 5 and all(r.margin > 0 for r in printed)  # the seed's inequality is violated
+
+
+def test_lionk_discrete_system_by_hand() -> None:
+    """Iterate (15), its energy and Theorem 4.1's bound on a 2-vector, every number by hand."""
+    sysd = LionKDiscreteSystem(theory_kernels(["l1"])["l1"], eps=0.05, lam=0.5, b1=0.9, b2=0.99)
+    # D = 0.05 * 0.5 * 0.1 + 0.01 = 0.0125; c = 0.045 / D; a = 1 + 0.5 c; b = 0.009 / (0.09 D)
+    assert sysd.constants() == pytest.approx((3.6, 2.8, 8.0), rel=1e-12)
+    assert sysd.printed_constants() == pytest.approx((72.0, 73.0, 320.0), rel=1e-12)
+    assert sysd.parameters_ok() and not LionKDiscreteSystem(sysd.kernel, b1=0.99, b2=0.9).parameters_ok()
+    x, m = t(0.4, -1.0), t(0.2, 0.0)
+    x1, m1, mt = sysd.step(x, m, x)  # f = ||x||^2 / 2: g = x, L = 1
+    assert mt.tolist() == pytest.approx([0.14, 0.1]) and m1.tolist() == pytest.approx([0.194, 0.01])
+    assert x1.tolist() == pytest.approx([0.45 / 1.025, -0.95 / 1.025])  # (x + eps sign(m~)) / (1 + eps lam)
+    # lambda x = (0.2, -0.5) lies in the box, so K*(lambda x) = 0: H = f + c (||m||_1 - lambda x.m)
+    assert float(sysd.energy(x, m, half_sq)) == pytest.approx(0.58 + 3.6 * (0.2 - 0.5 * 0.08), rel=1e-12)
+    # the bound, with L = 1: Delta^2 = 0 (sign(m~) = sign(m1)), dK*(lambda x1) = 0 inside the box
+    u = [1 - 0.5 * 0.45 / 1.025, 1 + 0.5 * 0.95 / 1.025]
+    d1 = u[0] * 0.14 + u[1] * 0.1
+    expected = -0.05 * 2.8 * d1 + 0.05**2 / 2 * (u[0] ** 2 + u[1] ** 2)
+    assert sysd.bound(x1, m1, mt, L=1.0) == pytest.approx(expected, rel=1e-12)
+    lhs = float(sysd.energy(x1, m1, half_sq) - sysd.energy(x, m, half_sq))
+    assert lhs <= expected + 1e-12  # tight here (Hessian = L I, Delta^2 = 0): equal up to rounding
+    c_wrong = sysd.constants()[0] / sysd.eps  # the printed c (no factor eps) with the corrected a, b
+    lhs_wrong = float(sysd.energy(x1, m1, half_sq, c_wrong) - sysd.energy(x, m, half_sq, c_wrong))
+    assert lhs_wrong > expected + 1e-3  # the check fails with the wrong energy
 
 
 # ---------------------------------------------------------------------- the checkers can fail

@@ -5,7 +5,8 @@ constants and conditions, and corrections where a seed is wrong):
 
 - :mod:`.systems`: one class per family (heavy ball, Adafactor-m, the factored first-order
   system, H-Fac, Adam/AdaDiag/AdaDiag++, Grams/Cautious, Lion-K), each with its vector
-  field, energy ``H``, exact ``dH/dt`` and the condition for ``dH/dt <= 0``;
+  field, energy ``H``, exact ``dH/dt`` and the condition for ``dH/dt <= 0``, and Lion-K in
+  discrete time (:class:`LionKDiscreteSystem`: iterate (15), its energy and Theorem 4.1's bound);
 - :func:`integrate`: a float64 fixed-step RK4 integrator returning the trajectory, the
   energy and the condition along it;
 - :func:`energy` and :class:`EnergyMonitor`: the energy of a live hamopt/torch optimizer,
@@ -29,6 +30,7 @@ from .systems import (
     GramsSystem,
     HeavyBallSystem,
     HFacSystem,
+    LionKDiscreteSystem,
     LionKSystem,
     System,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "GramsSystem",
     "HFacSystem",
     "HeavyBallSystem",
+    "LionKDiscreteSystem",
     "LionKSystem",
     "System",
     "Trajectory",

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..transforms.lionk import Kernel
 from .integrate import Trajectory, integrate
-from .kernels import conjugate_subgradient, constraint_norm, kernel_label, theory_kernels
+from .kernels import constraint_norm, kernel_label, theory_kernels
 from .objectives import Objective, get_objective, value_and_grad
 from .probe import probe
 from .systems import (
@@ -38,6 +38,7 @@ from .systems import (
     GramsSystem,
     HeavyBallSystem,
     HFacSystem,
+    LionKDiscreteSystem,
     LionKSystem,
     System,
 )
@@ -433,40 +434,26 @@ def _box_L(obj: Objective, radius: float) -> float | None:
 
 def lionk_discrete_run(kern: Kernel, obj: Objective, steps: int, eps: float = 0.05, lam: float = 0.5,
                        b1: float = 0.9, b2: float = 0.99, start_gauge: float = 0.9) -> dict[str, list[float]]:
-    """Iterate (15) of seed 004 (implicit weight decay, ``m`` tracks ``-grad f``) from
-    ``N(lambda x_0) = start_gauge``, ``m_0 = 0``, and record both sides of Theorem 4.1 with
-    THEORY.md's corrected constants and with the printed ones, and the gauge ``N(lambda x_t)``."""
-    D = eps * lam * (1 - b1) + (1 - b2)
-    consts = {
-        "corrected": (eps * b1 / D, 1 + lam * eps * b1 / D, b1 * (1 - b2) / ((b2 - b1) * D)),
-        "printed": (b1 / D, 1 + b1 / D, b1 * (1 - b2) / (eps * lam * (b2 - b1) * D)),
-    }
+    """Iterate (15) of seed 004 (:class:`LionKDiscreteSystem`) from ``N(lambda x_0) =
+    start_gauge``, ``m_0 = 0``, and record both sides of Theorem 4.1 with THEORY.md's
+    corrected constants and with the printed ones, and the gauge ``N(lambda x_t)``."""
+    system = LionKDiscreteSystem(kern, eps=eps, lam=lam, b1=b1, b2=b2)
+    consts = {"corrected": system.constants(), "printed": system.printed_constants()}
     L = _box_L(obj, 1.0 / lam)
     x = obj.x0()
     x = x * (start_gauge / float(constraint_norm(kern, lam * x)))
     m = torch.zeros_like(x)
-
-    def H(x: Tensor, m: Tensor, c: float) -> float:
-        ks = kern.K_star(lam * x)
-        return float(obj(x) + ks / lam + c * (ks + kern.K(m) - lam * (x * m).sum()))
-
     out: dict[str, list[float]] = {"gauge": [float(constraint_norm(kern, lam * x))]}
     for k in consts:
         out[k + ":lhs"], out[k + ":rhs"] = [], []
     for _ in range(steps):
         _, g = value_and_grad(obj, x)
-        m1 = b2 * m - (1 - b2) * g
-        mt1 = b1 * m - (1 - b1) * g
-        gk = kern.grad(mt1)
-        x1 = (x + eps * gk) / (1 + eps * lam)
+        x1, m1, mt = system.step(x, m, g)
         if not (torch.isfinite(x1).all() and torch.isfinite(m1).all()):
             break
-        u = gk - lam * x1
-        d1 = float((u * (mt1 - conjugate_subgradient(kern, lam * x1))).sum())
-        d2 = float(((gk - kern.grad(m1)) * (mt1 - m1)).sum())
-        for k, (c, a, b) in consts.items():
-            out[k + ":lhs"].append(H(x1, m1, c) - H(x, m, c))
-            out[k + ":rhs"].append(-eps * (a * d1 + b * d2) + (L or 0.0) * eps ** 2 / 2 * float((u * u).sum()))
+        for k, cab in consts.items():
+            out[k + ":lhs"].append(float(system.energy(x1, m1, obj, cab[0]) - system.energy(x, m, obj, cab[0])))
+            out[k + ":rhs"].append(system.bound(x1, m1, mt, L or 0.0, cab))
         x, m = x1, m1
         out["gauge"].append(float(constraint_norm(kern, lam * x)))
     out["params"] = [eps, lam, b1, b2, L or float("nan")]

@@ -72,7 +72,7 @@ def _energy_figure(res: FamilyResult, path: Path) -> None:
     n = len(objectives)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.0), squeeze=False)
     shaded_label = False
-    h = None
+    hs: list[float] = []  # the RK4 steps used, the first one the usual
     for j, obj in enumerate(objectives):
         ax = axes[0][j]
         lowest = 1.0
@@ -80,14 +80,16 @@ def _energy_figure(res: FamilyResult, path: Path) -> None:
             tr = trs.get(obj)
             if tr is None or not tr.energy:
                 continue
-            h = tr.h
+            if tr.h not in hs:
+                hs.append(tr.h)
+            label = sname if tr.h == hs[0] else f"{sname} (h = {tr.h:g})"
             e0 = tr.energy[0] if tr.energy[0] != 0 else 1.0
             ys = [max(e / e0, 1e-12) for e in tr.energy]
             lowest = min(lowest, min(ys))
             # line styles and widths differ per system, so systems whose energies coincide
             # (Grams and Cautious on some objectives) stay visible
             style = "--" if "broken" in sname else ["-", "--", "-.", ":"][i % 4]
-            ax.plot(tr.t, ys, style, color=COLORS[i % len(COLORS)], lw=max(2.6 - 0.4 * i, 1.2), label=sname)
+            ax.plot(tr.t, ys, style, color=COLORS[i % len(COLORS)], lw=max(2.6 - 0.4 * i, 1.2), label=label)
             if tr.system.conditional or res.family == "adafactor_m":
                 for a, b in _spans(tr):
                     ax.axvspan(a, b, color=COLORS[i % len(COLORS)], alpha=0.12, lw=0,
@@ -116,7 +118,8 @@ def _energy_figure(res: FamilyResult, path: Path) -> None:
         handles.append(plt.Line2D([], [], color="gray", ls=":"))
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False, fontsize=9)
     title = FAMILIES[res.family][0]
-    fig.suptitle(f"{title}: energy along the ODE (RK4, h = {h:g})", fontsize=12)
+    steps = " and ".join(f"{v:g}" for v in hs) if hs else "?"
+    fig.suptitle(f"{title}: energy along the ODE (RK4, h = {steps})", fontsize=12)
     rows = math.ceil(len(labels) / 4)
     fig.tight_layout(rect=(0, 0.06 + 0.04 * rows, 1, 0.95))
     fig.savefig(path, dpi=90)

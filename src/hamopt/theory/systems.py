@@ -37,6 +37,7 @@ __all__ = [
     "GramsSystem",
     "HFacSystem",
     "HeavyBallSystem",
+    "LionKDiscreteSystem",
     "LionKSystem",
     "State",
     "System",
@@ -617,6 +618,89 @@ class LionKSystem(System):
         d = torch.randn(X.shape, generator=gen, dtype=X.dtype)
         d = d * (0.9 / self.lam / float(constraint_norm(self.kernel, d)))
         return {"X": d, "m": torch.randn(X.shape, generator=gen, dtype=X.dtype)}
+
+
+class LionKDiscreteSystem:
+    """Lion-K in discrete time: iterate (15) of seed 004 and Theorem 4.1 (THEORY.md section 8).
+
+    Not an ODE but a map, one step of size ``eps`` with implicit weight decay ``lambda``::
+
+        m~_t    = b1 m_t - (1 - b1) g_t                    (g_t = grad f(x_t); m tracks -grad f)
+        m_{t+1} = b2 m_t - (1 - b2) g_t
+        x_{t+1} = (x_t + eps grad K(m~_t)) / (1 + eps lambda)
+
+    Energy ``H = f(x) + K*(lambda x)/lambda + c (K*(lambda x) + K(m) - lambda x^T m)`` and
+    Theorem 4.1: ``H_{t+1} - H_t <= -eps (a Delta^1_t + b Delta^2_t) + (L eps^2/2)
+    ||grad K(m~_t) - lambda x_{t+1}||^2`` for an ``L``-smooth ``f``, with
+    ``Delta^1_t = <grad K(m~_t) - lambda x_{t+1}, m~_t - dK*(lambda x_{t+1})>`` and
+    ``Delta^2_t = <grad K(m~_t) - grad K(m_{t+1}), m~_t - m_{t+1}>`` (both ``>= 0`` by
+    convexity). Constants (THEORY.md's re-derivation; the seed's printed ones fail, by 5 to
+    800 on l1, Huber and ``||.||^2/2`` kernels): ``D = eps lambda (1 - b1) + (1 - b2)``,
+    ``c = eps b1 / D`` (the printed ``c`` lacks the factor ``eps``), ``a = 1 + lambda c``,
+    ``b = b1 (1 - b2) / ((b2 - b1) D)``. :meth:`printed_constants` gives the seed's, for the
+    check that they fail. The guarantee needs ``0 <= b1 < b2 < 1``, ``eps, lambda > 0`` and
+    ``lambda x_t`` inside ``dom K*`` (phase 2; phase 1 shrinks the distance to it at least as
+    ``(1/(1 + eps lambda))^t``).
+    """
+
+    family = "lionk_discrete"
+    reference = "seed 004 (Lion-K), iterate (15) and Theorem 4.1; THEORY.md section 8 (corrected constants)"
+    conditional = False
+
+    def __init__(self, kernel: Kernel, eps: float = 0.05, lam: float = 0.5, b1: float = 0.9,
+                 b2: float = 0.99) -> None:
+        if lam <= 0 or eps <= 0:
+            raise ValueError(f"Invalid eps/lam: {eps!r}, {lam!r} (Theorem 4.1 needs both > 0)")
+        self.kernel = kernel
+        self.eps, self.lam, self.b1, self.b2 = float(eps), float(lam), float(b1), float(b2)
+        self.name = f"Lion-K discrete, {kernel_label(kernel)}"
+
+    @property
+    def D(self) -> float:
+        return self.eps * self.lam * (1 - self.b1) + (1 - self.b2)
+
+    def constants(self) -> tuple[float, float, float]:
+        """``(c, a, b)`` of THEORY.md section 8."""
+        e, lam, b1, b2, D = self.eps, self.lam, self.b1, self.b2, self.D
+        return e * b1 / D, 1 + lam * e * b1 / D, b1 * (1 - b2) / ((b2 - b1) * D)
+
+    def printed_constants(self) -> tuple[float, float, float]:
+        """``(c, a, b)`` as printed in the seed's Theorem 4.1 (they do not hold)."""
+        e, lam, b1, b2, D = self.eps, self.lam, self.b1, self.b2, self.D
+        return b1 / D, 1 + b1 / D, b1 * (1 - b2) / (e * lam * (b2 - b1) * D)
+
+    def parameter_conditions(self) -> list[tuple[str, bool]]:
+        return [(f"0 <= b1 = {self.b1:g} < b2 = {self.b2:g} < 1", 0 <= self.b1 < self.b2 < 1)]
+
+    def parameters_ok(self) -> bool:
+        return all(ok for _, ok in self.parameter_conditions())
+
+    def step(self, x: Tensor, m: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One step of iterate (15): ``(x_{t+1}, m_{t+1}, m~_t)``."""
+        mt = self.b1 * m - (1 - self.b1) * g
+        m1 = self.b2 * m - (1 - self.b2) * g
+        x1 = (x + self.eps * self.kernel.grad(mt)) / (1 + self.eps * self.lam)
+        return x1, m1, mt
+
+    def energy(self, x: Tensor, m: Tensor, f: Fn, c: float | None = None) -> Tensor:
+        """``H(x, m)`` with the corrected ``c`` (or the ``c`` given)."""
+        c = self.constants()[0] if c is None else c
+        ks = self.kernel.K_star(self.lam * x)
+        return f(x) + ks / self.lam + c * (ks + self.kernel.K(m) - self.lam * (x * m).sum())
+
+    def bound(self, x1: Tensor, m1: Tensor, mt: Tensor, L: float,
+              constants: tuple[float, float, float] | None = None) -> float:
+        """The right-hand side of Theorem 4.1 for the step that ended at ``(x1, m1)`` from
+        ``m~_t = mt`` (corrected constants unless others are given)."""
+        _, a, b = self.constants() if constants is None else constants
+        gk = self.kernel.grad(mt)
+        u = gk - self.lam * x1
+        d1 = float((u * (mt - conjugate_subgradient(self.kernel, self.lam * x1))).sum())
+        d2 = float(((gk - self.kernel.grad(m1)) * (mt - m1)).sum())
+        return -self.eps * (a * d1 + b * d2) + L * self.eps ** 2 / 2 * float((u * u).sum())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name}, eps={self.eps:g}, lam={self.lam:g}, b1={self.b1:g}, b2={self.b2:g})"
 
 
 def describe(system: System) -> dict[str, Any]:
