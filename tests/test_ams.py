@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import hamopt
+from hamopt.fast import reference_only
 from hamopt.transforms import (
-    add_decayed_weights_after_step,
-    ams_decay_before_lr,
     apply_update,
     make_cautious,
     make_grams,
+    scale_by_adam,
     scale_by_adam_moments,
     scale_by_learning_rate,
 )
@@ -126,18 +126,38 @@ def _close(a, b, rtol=1e-11, atol=1e-13):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
+def _maybe_reference(reference: bool, fn):
+    """Run ``fn`` with the fast paths (as by default) or with the reference rules only."""
+    if not reference:
+        return fn()
+    with reference_only():
+        return fn()
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fused", "reference"])
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize(
     "b3,lam,wd",
     [(0.0, -1.0, 0.0), (0.0, 0.0, 0.1), (0.0, -1.0, 0.1), (0.95, 0.5, 0.05), (0.5, -0.5, 0.0), (0.0, 2.0, 0.0),
-     (0.9, 0.0, 0.2)],
+     (0.9, 0.0, 0.2), (0.5, 1.0, 0.1)],
 )
-def test_ams_matches_numpy_algorithm_1(b3, lam, wd, foreach):
+def test_ams_matches_numpy_algorithm_1(b3, lam, wd, foreach, reference):
     grads, w0 = _grads(), _init()
     lr, b1, b2, eps = 0.01, 0.9, 0.99, 1e-8
-    ours, _ = _run_torch(lambda ps: hamopt.AMS(ps, lr=lr, betas=(b1, b2, b3), eps=eps, weight_decay=wd,
-                                               misaligned_scale=lam, foreach=foreach), grads, w0)
+    ours, _ = _maybe_reference(reference, lambda: _run_torch(lambda ps: hamopt.AMS(
+        ps, lr=lr, betas=(b1, b2, b3), eps=eps, weight_decay=wd, misaligned_scale=lam, foreach=foreach), grads, w0))
     _close(ours, ams_reference(grads, w0, lr, b1, b2, b3, eps, wd, lam))
+
+
+def test_ams_is_one_transform_that_applies_the_step():
+    # The chain you read is the chain that runs: Algorithm 1 is one transform, last, applying the step.
+    from hamopt.transforms import ApplyAmsUpdate
+
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    for opt in (hamopt.AMS(w), hamopt.Grams(w), hamopt.CAdamW(w)):
+        (t,) = opt.transform.children()
+        assert isinstance(t, ApplyAmsUpdate) and t.applies and opt.transform.applies
+        assert repr(opt.transform) == "chain(apply_ams_update())"
 
 
 def test_ams_with_b3_zero_keeps_no_sign_buffer_and_b3_positive_does():
@@ -151,11 +171,11 @@ def test_ams_with_b3_zero_keeps_no_sign_buffer_and_b3_positive_does():
 
 # ------------------------------------------------------------------ the corollaries, exactly
 def _adam_chain(ps, lr, betas, eps):
-    # Plain Adam (no decay), ending like AMS's chain so both take the same final arithmetic:
+    # Plain Adam (no decay), ending like AMS's fused step so both take the same final arithmetic:
     # apply_update() adds -lr u to the parameters in one pass, which rounds differently from
     # multiplying by -lr first (scale_by_learning_rate()).
     return hamopt.ChainedOptimizer(ps, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0),
-                                   [scale_by_adam_moments(), ams_decay_before_lr(), apply_update()])
+                                   [scale_by_adam(), apply_update()])
 
 
 @pytest.mark.parametrize("lam", [-1.0, 0.0, 0.37, 3.0])
@@ -451,42 +471,18 @@ def test_figure_1_toy_steps_to_target(w0):
     assert n["clion"] <= n["lion"] <= 6000, n
 
 
-# ------------------------------------------------------------------ fast paths vs the plain chains
-def _plain_ams(ps, **kw):
-    # Algorithm 1 as the public transforms spell it: mask with its factor, then -lr, then
-    # the decay of the stepped weights. The named optimizers use a merged tail instead.
-    from hamopt.transforms import scale_by_ams
-
-    defaults = dict(lr=0.01, betas=(0.9, 0.99, 0.0), eps=1e-8, weight_decay=0.0, misaligned_scale=-1.0)
-    defaults.update(kw)
-    return hamopt.ChainedOptimizer(ps, defaults, [scale_by_adam_moments(), scale_by_ams(), scale_by_learning_rate(),
-                                                  add_decayed_weights_after_step()])
-
-
-@pytest.mark.parametrize("foreach", [True, False])
-@pytest.mark.parametrize("b3,lam,wd", [(0.0, -1.0, 0.0), (0.0, -1.0, 0.1), (0.0, 0.0, 0.0), (0.0, 0.0, 0.2),
-                                       (0.9, 0.5, 0.05), (0.5, 2.0, 0.0), (0.9, 1.0, 0.1)])
-def test_ams_merged_tail_equals_the_plain_chain(b3, lam, wd, foreach):
-    grads, w0 = _grads(30), _init(31)
-    kw = dict(lr=0.01, betas=(0.9, 0.99, b3), eps=1e-8, weight_decay=wd, misaligned_scale=lam)
-    ours, _ = _run_torch(lambda ps: hamopt.AMS(ps, **kw, foreach=foreach), grads, w0)
-    plain, _ = _run_torch(lambda ps: _plain_ams(ps, **kw, foreach=foreach), grads, w0)
-    _close(ours, plain, rtol=1e-12, atol=1e-14)
-
-
-def test_ams_merged_tail_with_tensor_lr_and_weight_decay():
+# ------------------------------------------------------------------ the fused step vs the reference
+def test_ams_with_tensor_lr_and_weight_decay():
     grads, w0 = _grads(32, steps=20), _init(33)
     for kw in (dict(misaligned_scale=0.0), dict(misaligned_scale=-1.0), dict(misaligned_scale=0.5)):
         base = dict(betas=(0.9, 0.99, 0.0), eps=1e-8, **kw)
+        tensors = dict(lr=torch.tensor(0.01, dtype=torch.float64), weight_decay=torch.tensor(0.1, dtype=torch.float64))
         ref, _ = _run_torch(lambda ps, base=base: hamopt.AMS(ps, lr=0.01, weight_decay=0.1, **base), grads, w0)
-        tens, _ = _run_torch(lambda ps, base=base: hamopt.AMS(
-            ps, lr=torch.tensor(0.01, dtype=torch.float64), weight_decay=torch.tensor(0.1, dtype=torch.float64),
-            **base), grads, w0)
-        plain, _ = _run_torch(lambda ps, base=base: _plain_ams(
-            ps, lr=torch.tensor(0.01, dtype=torch.float64), weight_decay=torch.tensor(0.1, dtype=torch.float64),
-            **base), grads, w0)
-        _close(tens, ref, rtol=1e-12, atol=1e-14)
-        _close(plain, ref, rtol=1e-12, atol=1e-14)
+        for reference in (False, True):
+            tens, _ = _maybe_reference(reference, lambda base=base, tensors=tensors: _run_torch(
+                lambda ps: hamopt.AMS(ps, **tensors, **base), grads, w0))
+            _close(tens, ref, rtol=1e-12, atol=1e-14)
+        _close(ref, ams_reference(grads, w0, 0.01, 0.9, 0.99, 0.0, 1e-8, 0.1, kw["misaligned_scale"]))
 
 
 @pytest.mark.parametrize("foreach", [True, False])
@@ -521,7 +517,7 @@ def test_step_has_no_host_device_transfer(name):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from hamopt.core.transform import StepContext
-    from hamopt.transforms.ams import ScaleByAms
+    from hamopt.transforms.ams import ApplyAmsUpdate, ScaleByAms
 
     seen: list[str] = []
 
@@ -545,8 +541,8 @@ def test_step_has_no_host_device_transfer(name):
         states = [opt.state[p] for p in ps]
         ctx = StepContext(group=opt.param_groups[0], params=[p.detach() for p in ps], grads=[p.grad for p in ps],
                           states=states, steps=[3.0] * 3, foreach=True)
-        opt.transform.update(ctx, ctx.grads)
-    assert any(isinstance(t, ScaleByAms) for t in opt.transform.children())
+        opt.transform.run(ctx, ctx.grads)  # what runs (the fused step for AMS, Grams, C-AdamW)
+    assert any(isinstance(t, (ScaleByAms, ApplyAmsUpdate)) for t in opt.transform.children())
     bad = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "item", "_to_copy", "copy_", "stack"}
     assert not bad & set(seen), sorted(bad & set(seen))
 
@@ -565,16 +561,52 @@ def test_scale_by_adam_moments_is_scale_by_adam_with_ams_betas():
         ScaleByAdam().validate(dict(betas=(0.9, 0.99, 0.5), eps=1e-8))
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_cautious_on_ams_with_deferred_scales_equals_the_plain_chain(foreach):
-    # AMS defers Adam's bias-correction scalar and its mask's factor to its tail; a second
-    # (cautious) mask inserted in between must see the same signs and give the same step.
-    from hamopt.transforms import scale_by_ams, scale_by_cautious
+@pytest.mark.parametrize("name", ["ams", "grams", "cadamw"])
+def test_a_second_mask_on_the_ams_step_is_refused(name):
+    # AMS's step masks its update itself; there is no separate step to put another mask in front of.
+    w = [torch.nn.Parameter(torch.zeros(3))]
+    for wrap in (make_cautious, make_grams):
+        with pytest.raises(ValueError, match=r"apply_ams_update\(\), which masks its update itself"):
+            wrap(hamopt.create(name, w))
 
+
+@pytest.mark.parametrize("name", ["ams", "grams", "cadamw", "clion"])
+@pytest.mark.parametrize("pooled", [False, True])
+def test_no_transform_hands_anything_on_through_scratch(name, pooled):
+    from hamopt.core.engine.pieces import StepPool
+    from hamopt.core.transform import PLAIN, StepContext
+
+    ps = [torch.nn.Parameter(torch.randn(4, 5)), torch.nn.Parameter(torch.randn(3))]
+    opt = hamopt.create(name, ps, weight_decay=0.1, **({"misaligned_scale": 0.5} if name == "ams" else {}))
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()  # creates the state
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    ctx = StepContext(group=opt.param_groups[0], params=[p.detach() for p in ps], grads=[p.grad for p in ps],
+                      states=[opt.state[p] for p in ps], steps=[2.0, 2.0], foreach=True,
+                      workspace=StepPool({}) if pooled else PLAIN)
+    opt.transform.run(ctx, ctx.grads)
+    assert ctx.scratch == {}
+
+
+def test_deprecated_ams_helpers_warn_and_decay_with_lr():
+    # The split tail of before the redesign stays importable; with no mask factor reaching it
+    # (no side channel) it decays with lr, which for lam = 1 is AMS's lr^.
+    from hamopt.transforms import ScaleByAdamMoments, add_decayed_weights_after_step, ams_decay_before_lr, scale_by_ams
+
+    with pytest.warns(DeprecationWarning, match="apply_ams_update"):
+        after = add_decayed_weights_after_step()
+    with pytest.warns(DeprecationWarning, match="apply_ams_update"):
+        before = ams_decay_before_lr()
+    with pytest.warns(DeprecationWarning, match="ignored"):
+        ScaleByAdamMoments(defer_scale=True)
+    with pytest.warns(DeprecationWarning, match="ignored"):
+        scale_by_ams(apply_factor=False)
     grads, w0 = _grads(34, steps=30), _init(35)
-    kw = dict(lr=0.01, betas=(0.9, 0.99, 0.9), eps=1e-8, weight_decay=0.1, misaligned_scale=0.5)
-    ours, _ = _run_torch(lambda ps: make_cautious(hamopt.AMS(ps, **kw, foreach=foreach)), grads, w0)
-    plain, _ = _run_torch(lambda ps: hamopt.ChainedOptimizer(
-        ps, kw, [scale_by_adam_moments(), scale_by_ams(), scale_by_cautious(), scale_by_learning_rate(),
-                 add_decayed_weights_after_step()], foreach=foreach), grads, w0)
-    _close(ours, plain, rtol=1e-12, atol=1e-14)
+    kw = dict(lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, misaligned_scale=1.0)
+    ams, _ = _run_torch(lambda ps: hamopt.AMS(ps, **kw), grads, w0)
+    for tail in ([scale_by_learning_rate(), after], [before, apply_update()]):
+        split, _ = _run_torch(lambda ps, tail=tail: hamopt.ChainedOptimizer(ps, kw, [scale_by_adam_moments(), *tail]),
+                              grads, w0)
+        _close(split, ams, rtol=1e-12, atol=1e-14)

@@ -9,6 +9,7 @@ and every state tensor are compared after many steps. The fast path must actuall
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -96,3 +97,69 @@ def test_a_subclass_that_rewrites_update_does_not_get_its_parents_fast_path() ->
                         workspace=__import__("hamopt.core.engine.pieces", fromlist=["StepPool"]).StepPool({}))
     assert T._fast_path(Mine(), ctx) is None
     assert T._fast_path(ScaleByAdam(), ctx) is not None
+
+
+def _compare(make, chunk: int, fp: T.FastPath, monkeypatch: pytest.MonkeyPatch, steps: int = 25) -> None:
+    """``make(params)`` run with its fast paths and with the references only, float64, on CPU
+    pieces of ``chunk`` elements (0: whole buckets); parameters and every state tensor."""
+    calls = []
+    counted = dataclasses.replace(fp, update=lambda t, ctx, u: (calls.append(1), fp.update(t, ctx, u))[1])
+    monkeypatch.setitem(T._FAST, fp.reference, [counted if x is fp else x for x in T._FAST[fp.reference]])
+    g = torch.Generator().manual_seed(0)
+    shapes = [(40, 30), (30, 40), (70,), (), (4, 3, 5), (0, 3)]
+    init = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    runs = []
+    for reference in (False, True):
+        ps = [torch.nn.Parameter(x.clone()) for x in init]
+        opt = make(ps)
+        opt.cpu_chunk_numel = chunk
+        gg = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gg, dtype=torch.float64)
+            with reference_only() if reference else contextlib.nullcontext():
+                opt.step()
+        runs.append((ps, opt))
+        if not reference:
+            assert calls, f"{fp.name} never ran"
+            n = len(calls)
+    assert len(calls) == n
+    (ps0, o0), (ps1, o1) = runs
+    for a, b in zip(ps0, ps1):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+        assert o0.state[a].keys() == o1.state[b].keys()
+        for k, v in o0.state[a].items():
+            torch.testing.assert_close(v, o1.state[b][k], rtol=1e-13, atol=1e-15, msg=k)
+
+
+#: AMS's fused step against its reference over the branches the registry's defaults do not
+#: reach: every (b3, lam) special case, weight decay, tensor lr and weight decay, per-tensor loops.
+AMS_CASES = [dict(betas=(0.9, 0.99, b3), misaligned_scale=lam, weight_decay=wd)
+             for b3, lam in [(0.0, -1.0), (0.0, 0.0), (0.0, 1.0), (0.0, 0.5), (0.9, 0.5), (0.9, -1.0), (0.5, 1.0),
+                             (0.0, 2.0)]
+             for wd in (0.0, 0.1)]
+AMS_CASES.append(dict(betas=(0.9, 0.99, 0.5), misaligned_scale=0.3,
+                      lr=torch.tensor(0.01, dtype=torch.float64), weight_decay=torch.tensor(0.1, dtype=torch.float64)))
+AMS_CASES.append(dict(betas=(0.9, 0.99), misaligned_scale=-1.0,
+                      lr=torch.tensor(0.01, dtype=torch.float64), weight_decay=torch.tensor(0.1, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("chunk", [0, 500], ids=["whole", "pieces"])
+@pytest.mark.parametrize("kw", AMS_CASES, ids=[f"case{i}" for i in range(len(AMS_CASES))])
+def test_ams_fused_equals_its_reference(kw: dict, chunk: int, foreach: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hamopt.fast.ams import AMS_FUSED
+
+    _compare(lambda ps: hamopt.AMS(ps, **{"lr": 1e-2, **kw}, foreach=foreach), chunk, AMS_FUSED, monkeypatch)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("mask", ["scale_by_ams", "scale_by_cautious", "scale_by_grams"])
+def test_pooled_mask_equals_its_reference(mask: str, foreach: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hamopt import transforms as tr
+    from hamopt.fast.ams import POOLED_MASK
+
+    defaults = dict(lr=1e-2, betas=(0.9, 0.99, 0.5), eps=1e-8, weight_decay=0.1, misaligned_scale=0.3)
+    _compare(lambda ps: hamopt.ChainedOptimizer(
+        ps, defaults, [tr.scale_by_adam_moments(), getattr(tr, mask)(), tr.apply_decayed_update()], foreach=foreach),
+        500, POOLED_MASK, monkeypatch)

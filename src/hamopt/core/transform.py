@@ -126,8 +126,8 @@ class StepContext:
     leaves: list[Tensor] | None = None
     workspace: Workspace = field(default=PLAIN, repr=False)
     _owned: list[Tensor] | None = field(default=None, repr=False)
-    # Per-step scratch shared by the transforms of one chain (the factored and AMS transforms
-    # still hand results on through it; being retired, see CONTRIBUTING).
+    # Per-step scratch shared by the transforms of one chain (the factored transforms still
+    # hand results on through it; being retired, see CONTRIBUTING).
     scratch: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def state(self, key: str) -> list[Any]:

@@ -9,7 +9,8 @@ reference it implements; ``tests/test_fast_paths.py`` compares every registered 
 with its reference over many steps, parameters and every state tensor.
 
 - :mod:`.adam`  ``ScaleByAdam`` with its denominator and ratio in pooled buffers (CPU pieces)
-- :mod:`.ams`   ``ScaleByAms``'s mask temporary in a pooled buffer (CPU pieces)
+- :mod:`.ams`   ``ApplyAmsUpdate`` fused (merged multiplies, pooled temporaries); ``ScaleByAms``'s
+  mask temporary in a pooled buffer (CPU pieces)
 """
 
 from ..core.transform import fast_paths, reference_only

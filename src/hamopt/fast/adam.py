@@ -1,7 +1,7 @@
 """Adam's moment ratio with pooled buffers on CPU pieces.
 
 Implements :class:`hamopt.transforms.ScaleByAdam` (and subclasses that keep its ``update``,
-such as AMS's ``ScaleByAdamMoments``): the same moments and arithmetic, with the
+such as ``ScaleByAdamMoments``): the same moments and arithmetic, with the
 denominator ``sqrt(v) + eps sqrt(1-b2^t)`` written into a buffer taken from the step's pool
 and the ratio ``m / denom`` divided into that same buffer. On CPU pieces a later piece of
 the step reuses the buffer instead of faulting in fresh pages (C-AdamW 540 -> 379 ms per

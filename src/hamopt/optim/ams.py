@@ -6,7 +6,8 @@ AMS/Grams paper; cf. Cao, Li and Song, arXiv:2412.17107), Algorithm 1, Definitio
 
 Registry names: ``ams``, ``grams``, ``cadamw``, ``clion``. ``Grams`` and ``CAdamW`` are
 ``AMS`` with ``misaligned_scale`` fixed to -1 and 0 and no sign buffer (``b3 = 0``);
-``CLion`` is Lion's update under the cautious mask. The masks are transforms
+``CLion`` is Lion's update under the cautious mask. The whole of Algorithm 1 is one
+transform, :func:`hamopt.transforms.apply_ams_update`. The masks are transforms
 (:func:`hamopt.transforms.scale_by_cautious`, :func:`hamopt.transforms.scale_by_grams`)
 that make a cautious or Grams version of any other chain.
 """
@@ -18,13 +19,8 @@ from collections.abc import Sequence
 import torch
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
-from ..transforms.ams import (
-    ScaleByAdamMoments,
-    ams_decay_before_lr,
-    scale_by_ams,
-    scale_by_cautious,
-)
-from ..transforms.common import apply_decayed_update, apply_update
+from ..transforms.ams import apply_ams_update, scale_by_cautious
+from ..transforms.common import apply_decayed_update
 from ..transforms.lionk import L1Kernel, ScaleByLionK
 
 __all__ = ["AMS", "CAdamW", "CLion", "Grams"]
@@ -80,11 +76,8 @@ class AMS(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, misaligned_scale=misaligned_scale),
-            # = [..., scale_by_ams(), scale_by_learning_rate(), add_decayed_weights_after_step()]
-            # with Adam's bias-correction scalar and the mask's factor merged into the decay's
-            # multiply and the -lr fused into the parameter update.
-            [ScaleByAdamMoments(defer_scale=True), scale_by_ams(apply_factor=False), ams_decay_before_lr(),
-             apply_update()],
+            # Algorithm 1 is one transform (transforms/ams.py); its fused version is hamopt.fast.ams.
+            [apply_ams_update()],
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 

@@ -1,4 +1,4 @@
-"""Adaptive Momentum Scaling: the AMS mask, the Grams sign swap and the cautious mask.
+"""Adaptive Momentum Scaling: the AMS step, and the cautious and Grams masks for any chain.
 
 Paper: "Decoupling Sign and Magnitude in Optimization with Adaptive Momentum Scaling"
 (seed 003_94ed72a9e58efdbf; the AMS/Grams paper, cf. Cao, Li and Song, "Grams: Gradient
@@ -6,32 +6,26 @@ Descent with Adaptive Momentum Scaling", arXiv:2412.17107): Algorithm 1 (AMS), D
 3.2 (the cautious mechanism of Liang, Chen, Liu and Liu, "Cautious Optimizers",
 arXiv:2411.16085), Definition 5.1 (Grams) and Corollaries B.1-B.3.
 
-Algorithm 1, per parameter tensor of ``d`` elements::
+* :class:`ApplyAmsUpdate` (``apply_ams_update()``) is the whole of Algorithm 1, moments to
+  weight decay, in one readable ``update``: it is the chain of ``AMS``, ``Grams`` and
+  ``CAdamW``. Its fused version (the same rule with multi-tensor kernels and merged
+  multiplies) is :mod:`hamopt.fast.ams`, picked automatically.
+* :class:`ScaleByAms` (``scale_by_ams()``, ``scale_by_cautious()``, ``scale_by_grams()``) is
+  the mask alone on *any* base update, reading the raw gradient from ``ctx.grads``:
+  ``chain(<any direction>, scale_by_cautious(), apply_decayed_update())`` is the cautious
+  version of that optimizer (C-Lion), ``scale_by_grams()`` its "Grams" version
+  (``sign(g) * |u|``). The per-tensor factor ``d / (||phi||_1 + ||psi||_1)`` is multiplied
+  into the update (``lr^ u^ = lr * (factor * u^)``); the weight decay is then the chain's
+  own (``apply_decayed_update()`` decays with ``lr``, before the step).
 
-    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  s = b3 s + (1-b3) g
-    u = (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)          # scale_by_adam_moments
-    phi = 1[u*s >= 0];  psi = lam * 1[u*s < 0]                # scale_by_ams
-    lr^ = lr * d / (||phi||_1 + ||psi||_1);  u^ = (phi + psi) * u
-    w <- w - lr^ u^;  w <- w - lr^ wd w                       # add_decayed_weights_after_step
-
-The mask transforms read the raw gradient from ``ctx.grads``, so they apply to *any* base
-update: ``chain(<any direction>, scale_by_cautious(), apply_decayed_update())`` is the
-cautious version of that optimizer, and
-``scale_by_grams()`` its "Grams" version (``sign(g) * |u|``).
-
-The per-tensor factor ``d / (||phi||_1 + ||psi||_1)`` is folded into the update (so
-``lr^ u^ = lr * (factor * u^)``) and left in ``ctx.scratch["lr_scale"]`` for
-:class:`AddDecayedWeightsAfterStep`. It is guarded: where the denominator is 0 (cautious
-mask empty, or a zero-size tensor) the factor is 1.
-
-Reductions over a whole tensor (the mask count) go through :func:`tensor_sums` only, the one
-place an all-reduce over shards will be needed.
+Reductions over a whole tensor (the mask count) go through :func:`tensor_sums` only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+import warnings
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,10 +42,12 @@ if TYPE_CHECKING:  # the masks change an optimizer's chain; they never run its s
 __all__ = [
     "AddDecayedWeightsAfterStep",
     "AmsDecayBeforeLr",
+    "ApplyAmsUpdate",
     "ScaleByAdamMoments",
     "ScaleByAms",
     "add_decayed_weights_after_step",
     "ams_decay_before_lr",
+    "apply_ams_update",
     "check_ams_betas",
     "make_cautious",
     "make_grams",
@@ -61,10 +57,6 @@ __all__ = [
     "scale_by_grams",
     "tensor_sums",
 ]
-
-LR_SCALE = "lr_scale"
-PENDING = "ams_pending"
-SCALE = "ams_scale"
 
 
 def tensor_sums(xs: Sequence[Tensor], foreach: bool) -> list[Tensor]:
@@ -83,6 +75,12 @@ def check_ams_betas(betas: Any) -> None:
     V.check_betas(betas)
     if len(betas) not in (2, 3):
         raise ValueError(f"Invalid betas: {tuple(betas)!r} (expected (b1, b2) or (b1, b2, b3))")
+
+
+def check_misaligned_scale(lam: Any) -> None:
+    """``lam`` (``misaligned_scale``) is a finite real number."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+        raise ValueError(f"Invalid misaligned_scale: {lam!r} (must be a finite real number)")
 
 
 def _affine(xs: list[Tensor], mul: float, add: Sequence[float], foreach: bool) -> list[Tensor]:
@@ -129,33 +127,169 @@ def _mask_factors(misaligned: list[Tensor], sizes: Sequence[int], a: float, fore
     return out
 
 
-class ScaleByAdamMoments(ScaleByAdam):
-    """Adam's direction ``u = mhat / (sqrt(vhat) + eps)`` (AMS Algorithm 1, lines 5, 7-10).
+def sign_swap_(us: list[Tensor], signs: Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    """Grams' update in place: ``u <- sign(s) * |u|`` (Corollary B.3)."""
+    if foreach:
+        torch._foreach_abs_(us)
+        torch._foreach_mul_(us, torch._foreach_sign(list(signs)))
+    else:
+        for u, s in zip(us, signs):
+            u.abs_().mul_(s.sign())
+    return us
 
-    :class:`hamopt.transforms.ScaleByAdam` itself (the same code), accepting AMS's
-    ``betas = (b1, b2)`` or ``(b1, b2, b3)`` (only ``b1``, ``b2`` are read here; ``b3``
-    belongs to :func:`scale_by_ams`). State ``exp_avg``, ``exp_avg_sq``.
 
-    Args:
-        defer_scale: leave the final positive scalar ``sqrt(1-b2^t) / (1-b1^t)`` in
-            ``ctx.scratch["ams_scale"]`` for a later :class:`AmsDecayBeforeLr` to merge into
-            its multiply (one pass over memory fewer; signs and masks do not change).
-            Only for chains that end with ``ams_decay_before_lr(), scale_by_learning_rate()``.
+def misalign_(us: list[Tensor], products: list[Tensor], lam: float, foreach: bool) -> list[Tensor]:
+    """The AMS mask in place: ``u <- (phi + psi) * u`` with ``phi = 1[u*s >= 0]``,
+    ``psi = lam * 1[u*s < 0]``; returns ``d / (||phi||_1 + ||psi||_1)`` per tensor (0-d, 1
+    where that is 0, see :func:`_mask_factors`).
+
+    ``products`` are ``u * s`` in tensors the caller owns (overwritten). With
+    ``x = min(sign(u*s), 0)``, which is -1 exactly where ``u*s < 0``: ``phi + psi = 1 + (1 - lam) x``
+    and ``||phi||_1 + ||psi||_1 = (d - n) + |lam| n`` with ``n = ||x||_1``.
+    """
+    f = foreach
+    x = ops.sign_(products, f)
+    if f:
+        torch._foreach_clamp_max_(x, 0.0)
+    else:
+        for t in x:
+            t.clamp_max_(0.0)
+    factors = _mask_factors(tensor_sums(x, f), [u.numel() for u in us], abs(lam), f)
+    ops.addcmul_(us, us, x, 1.0 - lam, f)  # u + (1 - lam) u x; for lam = 0 exactly u phi
+    return factors
+
+
+def _ams_granularity(lam: float, b3: float) -> str:
+    # Adam (lam = 1) and Grams (lam = -1, b3 = 0) have factor 1: element by element.
+    return ELEMENT if lam == 1.0 or (lam == -1.0 and b3 == 0.0) else TENSOR
+
+
+class ApplyAmsUpdate(Transform):
+    """Adaptive Momentum Scaling, the whole step (seed 003, Algorithm 1; ALGORITHMS.md section 3).
+
+    Per parameter tensor ``w`` of ``d`` elements, gradient ``g``, step count ``t``::
+
+        m = b1 m + (1-b1) g;   s = b3 s + (1-b3) g;   v = b2 v + (1-b2) g^2    (lines 5-7)
+        u = (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)                        (lines 8-10)
+        phi = 1[u*s >= 0];     psi = lam * 1[u*s < 0]                           (lines 11-12)
+        lr^ = lr * d / (||phi||_1 + ||psi||_1)        (lr where that is 0)     (line 13)
+        w <- w - lr^ (phi + psi) * u                                            (lines 14-15)
+        w <- w - lr^ * wd * w                                                   (line 16)
+
+    ``betas = (b1, b2, b3)`` (``(b1, b2)`` means ``b3 = 0``: then ``s = g`` and no buffer is
+    kept; a ``b3`` switched on later creates it), ``lam = misaligned_scale``,
+    ``wd = weight_decay``. Special cases (Corollaries B.1-B.3): ``b3 = b1`` or ``lam = 1`` is
+    Adam; ``b3 = 0, lam = 0`` Cautious Adam; ``b3 = 0, lam = -1`` Grams, written
+    ``u^ = sign(g) |u|`` with ``lr^ = lr`` (Corollary B.3 and the authors' code; it differs
+    from the literal ``(phi + psi) u`` only where ``g == 0``, which it does not move).
+
+    Why one transform: line 16 decays the weights *after* line 15's step, with the ``lr^``
+    that only the mask knows. Split into a mask and a weight decay, the mask would have to
+    hand ``lr^`` on beside the update (a side channel between transforms). So this transform
+    owns the moments, the mask and the step, and applies it (:attr:`applies`: it comes last
+    in a chain and returns no updates), as :func:`~hamopt.transforms.apply_decayed_update`
+    does for AdamW. State ``exp_avg``, ``exp_avg_sq`` (and ``sign_avg`` when ``b3 > 0``).
+    Reads ``lr``, ``betas``, ``eps``, ``weight_decay``, ``misaligned_scale``.
+
+    ``update`` is the reference, one tensor at a time. :mod:`hamopt.fast.ams` computes the
+    same rule on lists of tensors with multi-tensor kernels, Adam's bias-correction scalar and
+    the mask's factor merged into one multiply with the weight decay, and the mask's
+    temporaries in the step's pooled buffers on CPU pieces; it is picked automatically
+    (``hamopt.fast.reference_only()`` runs this one) and agrees with it to rounding (tested).
     """
 
-    def __init__(self, defer_scale: bool = False) -> None:
-        super().__init__(amsgrad=False)
-        self.defer_scale = defer_scale
+    hyperparams = ("betas", "eps", "misaligned_scale", "lr", "weight_decay")
+    applies = True
+
+    def __init__(self, key: str = "sign_avg") -> None:
+        self.key = key
+        self.state_keys = ("exp_avg", "exp_avg_sq", key)
+
+    @staticmethod
+    def betas(group: Mapping[str, Any]) -> tuple[float, float, float]:
+        """``(b1, b2, b3)`` from ``group["betas"]`` (``b3 = 0`` when it has two entries)."""
+        b = group["betas"]
+        return b[0], b[1], (float(b[2]) if len(b) > 2 else 0.0)
 
     def validate(self, group: Mapping[str, Any]) -> None:
         check_ams_betas(group["betas"])
         V.check_eps(group["eps"])
+        check_misaligned_scale(group["misaligned_scale"])
+        V.check_weight_decay(group["weight_decay"])
+        V.check_lr(group["lr"])
 
-    def _scale(self, ctx: StepContext, out: list[Tensor], k: Any) -> list[Tensor]:
-        if self.defer_scale:
-            ctx.scratch[SCALE] = k
-            return out
-        return super()._scale(ctx, out, k)
+    def granularity(self, group: Mapping[str, Any]) -> str:
+        return _ams_granularity(float(group["misaligned_scale"]), self.betas(group)[2])
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        state["exp_avg"] = state_like(param, group)
+        state["exp_avg_sq"] = state_like(param, group)
+        if self.betas(group)[2] != 0.0:
+            state[self.key] = state_like(param, group)
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        lr, wd, eps = ctx.group["lr"], ctx.group["weight_decay"], ctx.group["eps"]
+        lam = float(ctx.group["misaligned_scale"])
+        b1, b2, b3 = self.betas(ctx.group)
+        for w, g, st, t in zip(ctx.params, updates, ctx.states, ctx.steps):
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            m.lerp_(g, 1 - b1)                                      # m = b1 m + (1-b1) g
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)                 # v = b2 v + (1-b2) g^2
+            s = g                                                   # s = g when b3 = 0
+            if b3 != 0:                                             # s = b3 s + (1-b3) g
+                if self.key not in st:  # b3 switched on after the first step
+                    st[self.key] = state_like(w, ctx.group)
+                s = st[self.key].lerp_(g, 1 - b3)
+            u = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+            if lam == -1 and b3 == 0:                               # Grams (Corollary B.3)
+                u_hat, lr_hat = g.sign() * u.abs(), lr
+            else:
+                aligned = u * s >= 0
+                phi = aligned.to(u.dtype)                           # 1[u*s >= 0]
+                psi = lam * (~aligned).to(u.dtype)                  # lam * 1[u*s < 0]
+                norm = phi.sum() + psi.abs().sum()                  # ||phi||_1 + ||psi||_1
+                lr_hat = torch.where(norm > 0, lr * w.numel() / norm, lr)
+                u_hat = (phi + psi) * u
+            w.sub_(lr_hat * u_hat)                                  # w <- w - lr^ u^
+            w.sub_(lr_hat * wd * w)                                 # w <- w - lr^ wd w
+        return []
+
+    def __repr__(self) -> str:
+        return "apply_ams_update()" if self.key == "sign_avg" else f"apply_ams_update(key={self.key!r})"
+
+
+def apply_ams_update(key: str = "sign_avg") -> ApplyAmsUpdate:
+    """AMS's whole step (Algorithm 1), last in a chain; see :class:`ApplyAmsUpdate`.
+
+    ``key`` names the state entry of the sign buffer ``s``.
+    """
+    return ApplyAmsUpdate(key)
+
+
+class ScaleByAdamMoments(ScaleByAdam):
+    """Adam's direction ``u = mhat / (sqrt(vhat) + eps)`` (AMS Algorithm 1, lines 5, 7-10).
+
+    :class:`hamopt.transforms.ScaleByAdam` itself (the same code), accepting AMS's
+    ``betas = (b1, b2)`` or ``(b1, b2, b3)`` (only ``b1``, ``b2`` are read). State
+    ``exp_avg``, ``exp_avg_sq``. To mask it, follow it with :func:`scale_by_ams`; AMS's whole
+    step, weight decay with ``lr^`` included, is :func:`apply_ams_update`.
+
+    Args:
+        defer_scale: deprecated and ignored (the scale is always applied here): it left the
+            bias-correction scalar to a later transform through a side channel, a merge that
+            :mod:`hamopt.fast.ams` now does inside AMS's own fast path.
+    """
+
+    def __init__(self, defer_scale: bool = False) -> None:
+        super().__init__(amsgrad=False)
+        if defer_scale:
+            warnings.warn("ScaleByAdamMoments(defer_scale=True) is deprecated and ignored: the scale is applied "
+                          "here; AMS's merged multiply lives in hamopt.fast.ams", DeprecationWarning, stacklevel=2)
+        self.defer_scale = False
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        check_ams_betas(group["betas"])
+        V.check_eps(group["eps"])
 
     def __repr__(self) -> str:
         return "scale_by_adam_moments()"
@@ -166,30 +300,34 @@ class ScaleByAms(Transform):
 
     ``s = b3 s + (1-b3) g`` (``s = g`` and no buffer when ``b3 = 0``), then::
 
-        h = 1[u*s >= 0];  factor = d / (sum(h) + |lam| (d - sum(h)))     (1 if that is 0)
-        u <- factor * (h + lam (1 - h)) * u        and  ctx.scratch["lr_scale"] = factor
+        phi = 1[u*s >= 0];  psi = lam * 1[u*s < 0]
+        u <- d / (||phi||_1 + ||psi||_1) * (phi + psi) * u        (factor 1 if that is 0)
 
-    Special cases (Python branches on hyperparameters, no tensor-dependent control flow):
-    ``lam = 1``: ``u`` unchanged (Adam, Corollary B.1); ``lam = 0``: the cautious mask
-    (Definition 3.2); ``lam = -1, b3 = 0``: Grams, ``u <- sign(g) * |u|`` with factor 1
-    (Corollary B.3; at coordinates where ``g == 0`` exactly this gives 0, where the
-    literal ``(phi + psi) u`` would keep ``u``; the authors' code does the same).
+    so a following ``apply_decayed_update()`` steps by ``lr^ u^`` with
+    ``lr^ = lr * factor`` (its weight decay uses ``lr``; AMS's decay with ``lr^`` after the
+    step is :class:`ApplyAmsUpdate`). Special cases (Python branches on hyperparameters, no
+    tensor-dependent control flow): ``lam = 1``: ``u`` unchanged (Adam, Corollary B.1);
+    ``lam = 0``: the cautious mask (Definition 3.2); ``lam = -1, b3 = 0``: Grams,
+    ``u <- sign(g) * |u|`` with factor 1 (Corollary B.3; where ``g == 0`` exactly this gives
+    0, where the literal ``(phi + psi) u`` would keep ``u``; the authors' code does the same).
 
     Args:
         misaligned_scale: ``lam``; ``None`` reads ``group["misaligned_scale"]``.
         sign_decay_index: where ``b3`` sits in ``group["betas"]`` (a missing entry means 0);
             ``None`` fixes ``b3 = 0``.
         key: state key of the ``s`` buffer.
-        apply_factor: multiply ``u`` by ``factor`` here (default). ``False`` leaves that
-            multiply to a following :class:`AmsDecayBeforeLr`, which merges it with the
-            weight decay's (one pass fewer); the factor is then in
-            ``ctx.scratch["ams_pending"]``.
+        apply_factor: deprecated and ignored (the factor is always applied here).
+
+    :mod:`hamopt.fast.ams` puts the product ``u*s`` into the step's pooled buffers on CPU pieces.
     """
 
     def __init__(self, misaligned_scale: float | None = None, sign_decay_index: int | None = 2,
                  key: str = "sign_avg", apply_factor: bool = True) -> None:
+        if not apply_factor:
+            warnings.warn("ScaleByAms(apply_factor=False) is deprecated and ignored: the factor is applied here "
+                          "(AMS's merged multiply lives in hamopt.fast.ams)", DeprecationWarning, stacklevel=2)
         self.fixed_scale = misaligned_scale
-        self.apply_factor = apply_factor
+        self.apply_factor = True
         self.index = sign_decay_index
         self.key = key
         self.state_keys = (key,) if sign_decay_index is not None else ()
@@ -200,10 +338,12 @@ class ScaleByAms(Transform):
             hp += ("betas",)
         self.hyperparams = hp
 
-    def _lam(self, group: Mapping[str, Any]) -> float:
+    def lam(self, group: Mapping[str, Any]) -> float:
+        """``lam``: the fixed ``misaligned_scale``, or the group's."""
         return float(group["misaligned_scale"]) if self.fixed_scale is None else self.fixed_scale
 
-    def _b3(self, group: Mapping[str, Any]) -> float:
+    def b3(self, group: Mapping[str, Any]) -> float:
+        """The sign buffer's decay (0: no buffer, ``s = g``)."""
         if self.index is None:
             return 0.0
         betas = group["betas"]
@@ -211,23 +351,20 @@ class ScaleByAms(Transform):
 
     def validate(self, group: Mapping[str, Any]) -> None:
         if self.fixed_scale is None:
-            lam = group["misaligned_scale"]
-            if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-                raise ValueError(f"Invalid misaligned_scale: {lam!r} (must be a finite real number)")
+            check_misaligned_scale(group["misaligned_scale"])
         if self.index is not None:
             V.check_betas(group["betas"])
 
     def granularity(self, group: Mapping[str, Any]) -> str:
-        # Adam (lam = 1) and Grams (lam = -1, b3 = 0) have factor 1: element by element.
-        lam = self._lam(group)
-        return ELEMENT if lam == 1.0 or (lam == -1.0 and self._b3(group) == 0.0) else TENSOR
+        return _ams_granularity(self.lam(group), self.b3(group))
 
     def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
-        if self._b3(group) != 0.0:
+        if self.b3(group) != 0.0:
             state[self.key] = state_like(param, group)
 
-    def _signal(self, ctx: StepContext) -> list[Tensor]:
-        b3 = self._b3(ctx.group)
+    def signal(self, ctx: StepContext) -> list[Tensor]:
+        """``s``: the gradients (``b3 = 0``), or the sign buffer after this step's EMA."""
+        b3 = self.b3(ctx.group)
         if b3 == 0.0:
             return ctx.grads
         for s, p in zip(ctx.states, ctx.params):
@@ -238,97 +375,56 @@ class ScaleByAms(Transform):
         return buf
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        return self.masked(ctx, updates)
-
-    def masked(self, ctx: StepContext, updates: list[Tensor],
-               products: Callable[[list[Tensor], list[Tensor]], list[Tensor]] | None = None) -> list[Tensor]:
-        """The rule, with ``products(u, s)`` giving fresh tensors ``u * s`` (a fast path may
-        put them in pooled buffers)."""
-        lam = self._lam(ctx.group)
-        s = self._signal(ctx)
-        f = ctx.foreach
-        ctx.scratch[LR_SCALE] = None
+        lam, f = self.lam(ctx.group), ctx.foreach
+        s = self.signal(ctx)
         if lam == 1.0:
             return updates
         out = ctx.writable(updates)
-        if lam == -1.0 and self._b3(ctx.group) == 0.0:
-            # Grams: sign(g) * |u|, factor d / d = 1.
-            if f:
-                torch._foreach_abs_(out)
-                torch._foreach_mul_(out, torch._foreach_sign(s))
-            else:
-                for u, g in zip(out, s):
-                    u.abs_().mul_(g.sign())
-            return out
-        # x = -1[u*s < 0] as clamp_max(sign(u*s), 0): one temporary, two in-place passes.
-        if products is not None:
-            x = products(out, s)
-        else:
-            x = list(torch._foreach_mul(out, s)) if f else [u * g for u, g in zip(out, s)]
-        ops.sign_(x, f)
-        if f:
-            torch._foreach_clamp_max_(x, 0.0)
-        else:
-            for t in x:
-                t.clamp_max_(0.0)
-        factors = _mask_factors(tensor_sums(x, f), [u.numel() for u in out], abs(lam), f)
-        # u <- u + (1 - lam) u x = (h + lam (1 - h)) u, h = 1 + x; for lam = 0 exactly u h.
-        ops.addcmul_(out, out, x, 1.0 - lam, f)
-        if self.apply_factor:
-            ops.mul_(out, factors, f)
-        else:
-            prev = ctx.scratch.get(PENDING)
-            ctx.scratch[PENDING] = factors if prev is None else ops.mul_(prev, factors, f)
-        ctx.scratch[LR_SCALE] = factors
-        return out
+        if lam == -1.0 and self.b3(ctx.group) == 0.0:  # Grams: factor d / d = 1
+            return sign_swap_(out, s, f)
+        return ops.mul_(out, misalign_(out, ops.mul(out, s, f), lam, f), f)
 
     def __repr__(self) -> str:
         return f"scale_by_ams(misaligned_scale={self.fixed_scale}, sign_decay_index={self.index})"
 
 
 class _AmsWeightDecay(Transform):
-    """What AMS's two weight-decay placements share: they read ``lr`` and ``weight_decay``
-    and work element by element (the per-tensor mask factor comes from the same piece)."""
+    """What the two deprecated weight-decay placements share: they read ``lr`` and
+    ``weight_decay`` and work element by element."""
 
     hyperparams = ("lr", "weight_decay")
     splits = ELEMENT
+
+    def __init__(self) -> None:
+        warnings.warn(f"{type(self).__name__} is deprecated: it decays with lr, since no transform hands it a "
+                      "mask's lr^ any more; AMS's decay with lr^ after the step is part of apply_ams_update()",
+                      DeprecationWarning, stacklevel=3)
 
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_weight_decay(group["weight_decay"])
 
 
 class AddDecayedWeightsAfterStep(_AmsWeightDecay):
-    """AMS's weight decay (Algorithm 1, line 16): decay the *stepped* weights with ``lr^``.
+    """Deprecated: decay the *stepped* weights, ``w'' = w' - lr wd w'`` with ``w' = w + delta``.
 
-    Put it after :func:`hamopt.transforms.scale_by_learning_rate`. With ``delta = -lr^ u^``
-    the incoming update, ``w' = w + delta`` and then ``w'' = w' - lr^ wd w'``, so the
-    update becomes ``delta - lr^ wd (w + delta)``, ``lr^ = lr * ctx.scratch["lr_scale"]``
-    (``lr`` alone when no mask left a factor). Reads ``lr`` and ``weight_decay``.
-    Differs from :class:`hamopt.transforms.AddDecayedWeights` (``lr wd w`` on the weights
-    before the step) by ``lr^2 wd u^``.
+    Put it after :func:`hamopt.transforms.scale_by_learning_rate`: with ``delta`` the incoming
+    update the update becomes ``delta - lr wd (w + delta)``. It used to read a mask's factor
+    from a side channel to decay with ``lr^``; AMS's step with that decay is
+    :class:`ApplyAmsUpdate`.
     """
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         wd = ctx.group["weight_decay"]
         if not isinstance(wd, Tensor) and wd == 0:
             return updates
-        lr = ctx.group["lr"]
         out = ctx.writable(updates)
-        factors = ctx.scratch.get(LR_SCALE)
         f = ctx.foreach
-        c = lr * wd
-        if factors is None and not isinstance(c, Tensor):
-            ops.mul_(out, 1.0 - c, f)  # delta (1 - c) - c w
-            ops.add_(out, ctx.params, f, alpha=-c)
-            return out
-        if factors is None:  # a tensor lr or weight decay
-            ops.mul_(out, 1.0 - c, f)
+        c = ctx.group["lr"] * wd
+        ops.mul_(out, 1.0 - c, f)  # delta (1 - c) - c w
+        if isinstance(c, Tensor):
             ops.addcmul_(out, ctx.params, [c] * len(out), -1.0, f)
-            return out
-        cs = ops.mul(factors, c, f)  # c k per parameter, 0-d tensors
-        ops.mul_(out, _affine(cs, -1.0, [1.0] * len(cs), f), f)
-        # out += params * (-c k), a 0-d tensor per parameter (broadcast, no temporaries)
-        ops.addcmul_(out, ctx.params, cs, -1.0, f)
+        else:
+            ops.add_(out, ctx.params, f, alpha=-c)
         return out
 
     def __repr__(self) -> str:
@@ -336,63 +432,22 @@ class AddDecayedWeightsAfterStep(_AmsWeightDecay):
 
 
 class AmsDecayBeforeLr(_AmsWeightDecay):
-    """AMS's weight decay (Algorithm 1, line 16) placed *before* ``scale_by_learning_rate``.
-
-    The same step as ``scale_by_learning_rate(), add_decayed_weights_after_step()``, written
-    so that the optimizer shell can fuse the trailing ``-lr`` into the parameter update
-    (two passes over memory fewer) and so that a mask's factor ``k`` deferred by
-    ``ScaleByAms(apply_factor=False)`` is merged with the decay's multiply. With ``k`` the
-    factor (1 without a mask), ``c = lr wd k`` and ``u`` the incoming update::
-
-        u <- k (1 - c) u + wd k w        (then p <- p - lr u)
-
-    so ``p <- (1 - c) (p - lr k u) = (1 - lr^ wd)(w - lr^ u^)`` with ``lr^ = lr k``, as
-    Algorithm 1. Without weight decay it only applies a deferred factor. Reads ``lr``,
-    ``weight_decay`` and ``ctx.scratch["lr_scale"]`` / ``["ams_pending"]``.
+    """Deprecated: the decay of the stepped weights placed *before* ``scale_by_learning_rate``
+    (or ``apply_update()``): ``u <- (1 - lr wd) u + wd w``, so ``p - lr u = (1 - lr wd)(p - lr u)``.
+    AMS's step with its decay (``lr^``) is :class:`ApplyAmsUpdate`.
     """
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         wd = ctx.group["weight_decay"]
-        factors = ctx.scratch.get(LR_SCALE)
-        pending = ctx.scratch.pop(PENDING, None)
-        k0 = ctx.scratch.pop(SCALE, None)  # a deferred positive scalar (or one per parameter)
-        f = ctx.foreach
-        no_decay = not isinstance(wd, Tensor) and wd == 0
-        if no_decay and pending is None and k0 is None:
+        if not isinstance(wd, Tensor) and wd == 0:
             return updates
         out = ctx.writable(updates)
-        if factors is None:
-            if no_decay:
-                return ops.mul_(out, k0, f)
-            lr = ctx.group["lr"]
-            c = lr * wd
-            if k0 is None:
-                ops.mul_(out, 1.0 - c, f)
-            elif isinstance(k0, (list, tuple)):
-                ops.mul_(out, [(1.0 - c) * k for k in k0], f)
-            else:
-                ops.mul_(out, (1.0 - c) * k0, f)
-            if isinstance(wd, Tensor):
-                ops.addcmul_(out, ctx.params, [wd] * len(out), 1.0, f)
-            else:
-                ops.add_(out, ctx.params, f, alpha=wd)
-            return out
-        # one multiply of the update by a 0-d tensor per parameter: k0 * pending * (1 - c k)
-        scale: list[Tensor] | None = pending
-        if not no_decay:
-            c = ctx.group["lr"] * wd
-            scale = _affine(ops.mul(factors, c, f), -1.0, [1.0] * len(factors), f)  # 1 - c k
-            if pending is not None:
-                ops.mul_(scale, pending, f)
-        if scale is None:
-            if k0 is not None:
-                ops.mul_(out, k0, f)
+        f = ctx.foreach
+        ops.mul_(out, 1.0 - ctx.group["lr"] * wd, f)
+        if isinstance(wd, Tensor):
+            ops.addcmul_(out, ctx.params, [wd] * len(out), 1.0, f)
         else:
-            if k0 is not None:
-                scale = ops.mul(scale, k0, f) if scale is pending else ops.mul_(scale, k0, f)
-            ops.mul_(out, scale, f)
-        if not no_decay:
-            ops.addcmul_(out, ctx.params, ops.mul(factors, wd, f), 1.0, f)  # + wd k w
+            ops.add_(out, ctx.params, f, alpha=wd)
         return out
 
     def __repr__(self) -> str:
@@ -400,7 +455,7 @@ class AmsDecayBeforeLr(_AmsWeightDecay):
 
 
 def ams_decay_before_lr() -> AmsDecayBeforeLr:
-    """See :class:`AmsDecayBeforeLr`."""
+    """Deprecated; see :class:`AmsDecayBeforeLr` (AMS's step is :func:`apply_ams_update`)."""
     return AmsDecayBeforeLr()
 
 
@@ -410,9 +465,10 @@ def scale_by_adam_moments() -> ScaleByAdamMoments:
 
 
 def scale_by_ams(key: str = "sign_avg", apply_factor: bool = True) -> ScaleByAms:
-    """The full AMS mask: ``lam = group["misaligned_scale"]``, ``b3 = group["betas"][2]``.
+    """The full AMS mask on any base update: ``lam = group["misaligned_scale"]``,
+    ``b3 = group["betas"][2]`` (``apply_factor`` is deprecated and ignored).
 
-    ``apply_factor=False`` defers the factor to a following :func:`ams_decay_before_lr`.
+    AMS's whole step, with its decay after the step with ``lr^``, is :func:`apply_ams_update`.
     """
     return ScaleByAms(misaligned_scale=None, sign_decay_index=2, key=key, apply_factor=apply_factor)
 
@@ -428,7 +484,7 @@ def scale_by_grams() -> ScaleByAms:
 
 
 def add_decayed_weights_after_step() -> AddDecayedWeightsAfterStep:
-    """See :class:`AddDecayedWeightsAfterStep`."""
+    """Deprecated; see :class:`AddDecayedWeightsAfterStep` (AMS's step is :func:`apply_ams_update`)."""
     return AddDecayedWeightsAfterStep()
 
 
@@ -436,6 +492,10 @@ def _insert_mask(optimizer: ChainedOptimizer, mask: Transform) -> ChainedOptimiz
     if any(len(s) for s in optimizer.state.values()):
         raise RuntimeError("insert the mask before the first step (the optimizer already has state)")
     ts = list(optimizer.transform.children()) if isinstance(optimizer.transform, Chain) else [optimizer.transform]
+    if any(isinstance(t, ApplyAmsUpdate) for t in ts):
+        raise ValueError(f"{type(optimizer).__name__}'s step is apply_ams_update(), which masks its update itself "
+                         "(misaligned_scale: 0 is cautious, -1 is Grams); there is no separate step to put "
+                         "another mask in front of")
     tail = (AddDecayedWeights, ScaleByLearningRate, AddDecayedWeightsAfterStep, AmsDecayBeforeLr, ApplyUpdate)
     at = next((i for i, t in enumerate(ts) if isinstance(t, tail)), None)
     if at is None:
