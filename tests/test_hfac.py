@@ -29,7 +29,7 @@ def _batch_as_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """On the CPU every matrix is its own batch by default; these tests stack same-shape
     matrices as a GPU does, so the batched path is what they compare with the references
     (test_cpu_default_does_not_stack covers the CPU default)."""
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     monkeypatch.setattr(factored, "CPU_STACK_MAX_NUMEL", factored.STACK_MAX_NUMEL)
 
@@ -473,7 +473,7 @@ _BATCH_CASES = [
 @pytest.mark.parametrize("case", _BATCH_CASES, ids=lambda c: f"{c[0]}-{sorted(c[1].items())}")
 def test_batched_and_single_paths_match_reference(case: Any, foreach: bool, stack_max: int | None,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     if stack_max is not None:  # every matrix alone (the large-matrix path)
         monkeypatch.setattr(factored, "STACK_MAX_NUMEL", stack_max)
@@ -487,6 +487,15 @@ def test_batched_and_single_paths_match_reference(case: Any, foreach: bool, stac
         expected = ref(x, _live(i, g))
         assert not np.allclose(expected, x)
         np.testing.assert_allclose(o, expected, rtol=RTOL, atol=ATOL, err_msg=f"param {i} {_BATCH_SHAPES[i]}")
+
+
+@pytest.mark.parametrize("case", _BATCH_CASES, ids=lambda c: f"{c[0]}-{sorted(c[1].items())}")
+def test_reference_rules_match_reference(case: Any) -> None:
+    # The transforms' own update (hamopt.fast off): the per-tensor rule, against NumPy too.
+    from hamopt.fast import reference_only
+
+    with reference_only():
+        _check_batch_case(case)
 
 
 def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = False, **kw: Any) -> Any:
@@ -636,7 +645,8 @@ def test_scale_by_clipped_factored_rms_equals_the_composed_transforms(foreach: b
 def test_phi_psi_reshapers_match_reference(reshapers: tuple[str, str], foreach: bool, blocks: bool,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from hamopt.core.optimizer import ChainedOptimizer
-    from hamopt.transforms import factored, factored_momentum, scale_by_factored_phi_psi, scale_by_learning_rate
+    from hamopt.fast import factored
+    from hamopt.transforms import factored_momentum, scale_by_factored_phi_psi, scale_by_learning_rate
 
     if blocks:
         monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 8)
@@ -671,7 +681,7 @@ def _check_batch_case(case: Any) -> None:
 def test_accelerator_reduction_branch_matches_reference(case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # On CUDA the row and column sums are plain sums (exact under TF32), on the CPU products
     # with a vector; run the accelerator branch here so both are checked against the reference.
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     monkeypatch.setattr(factored, "_reduce_by_matmul", lambda x: False)
     _check_batch_case(case)
@@ -683,7 +693,7 @@ def test_accelerator_reduction_branch_matches_reference(case: Any, monkeypatch: 
 def test_cpu_row_blocks_match_reference(case: Any, stack: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # On the CPU the sign reshapers work on large matrices in blocks of rows; a block size of
     # 8 entries cuts every matrix here into blocks of one or two rows.
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 8)
     if not stack:
@@ -696,7 +706,7 @@ def test_cpu_default_does_not_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the CPU default no gradient stack is made, and the result equals the batched run."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     class Calls(TorchDispatchMode):
         def __init__(self) -> None:
