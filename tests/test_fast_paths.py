@@ -55,13 +55,14 @@ def _extras() -> dict[str, Callable[..., torch.optim.Optimizer]]:
 
     return {
         # H-Fac as the three transforms scale_by_hfac stands for
-        "hfac-composed": _composed(lambda: factored_momentum(vectors_as_rows=True),
-                                   lambda: scale_by_factored_rms(vectors_as_rows=True), clip_by_rms,
-                                   lambda: add_normalized_factored_momentum(0.5)),
+        "hfac-composed": _composed(lambda: scale_by_factored_rms(vectors_as_rows=True), clip_by_rms,
+                                   lambda: add_normalized_factored_momentum(
+                                       0.5, momentum=factored_momentum(vectors_as_rows=True))),
         # updates that are not the gradients reach scale_by_hfac
         "hfac-after-ema": _composed(lambda: scale_by_ema(key="m", corrected=True),
-                                    lambda: factored_momentum(vectors_as_rows=True),
-                                    lambda: scale_by_hfac(0.5, vectors_as_rows=True), clip_threshold=0.3),
+                                    lambda: scale_by_hfac(0.5, vectors_as_rows=True,
+                                                          momentum=factored_momentum(vectors_as_rows=True)),
+                                    clip_threshold=0.3),
         # Adafactor-m as the two transforms scale_by_clipped_factored_rms stands for
         "adafactor_m-composed": _composed(lambda: scale_by_ema(corrected=True), scale_by_factored_rms, clip_by_rms),
     }

@@ -498,9 +498,11 @@ def test_reference_rules_match_reference(case: Any) -> None:
         _check_batch_case(case)
 
 
-def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = False, **kw: Any) -> Any:
-    """H-Fac as ``factored_momentum`` + the fused ``scale_by_hfac``, or + the three composed
-    transforms it stands for (same state keys, so checkpoints move between the two)."""
+def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = False, legacy: bool = False,
+                **kw: Any) -> Any:
+    """H-Fac as ``scale_by_hfac`` with its ``factored_momentum``, or as the three transforms it
+    stands for (same state keys, so checkpoints move between the two). ``legacy``: the 0.1
+    composition, ``factored_momentum`` as a transform of its own before the others."""
     from hamopt.core.optimizer import ChainedOptimizer
     from hamopt.transforms import (
         add_decayed_weights,
@@ -517,10 +519,14 @@ def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = 
     d.update(kw)
     head = [scale_by_ema(key="m", corrected=True)] if momentum_first else []
     rows = True  # vectors and scalars on their 1 x n view, as HFac runs them
-    middle = ([scale_by_hfac(0.5, vectors_as_rows=rows)] if fused
-              else [scale_by_factored_rms(vectors_as_rows=rows), clip_by_rms(), add_normalized_factored_momentum(0.5)])
-    return ChainedOptimizer(params, d, [*head, factored_momentum(vectors_as_rows=rows), *middle,
-                                        add_decayed_weights(), scale_by_learning_rate()], foreach=foreach)
+    mom = None if legacy else factored_momentum(vectors_as_rows=rows)
+    middle = ([scale_by_hfac(0.5, vectors_as_rows=rows, momentum=mom)] if fused
+              else [scale_by_factored_rms(vectors_as_rows=rows), clip_by_rms(),
+                    add_normalized_factored_momentum(0.5, momentum=mom)])
+    if legacy:
+        middle.insert(0, factored_momentum(vectors_as_rows=rows))
+    return ChainedOptimizer(params, d, [*head, *middle, add_decayed_weights(), scale_by_learning_rate()],
+                            foreach=foreach)
 
 
 @pytest.mark.parametrize("momentum_first", [False, True])
@@ -535,6 +541,18 @@ def test_scale_by_hfac_equals_the_composed_transforms(foreach: bool, clip: float
     for i, (u, v, x) in enumerate(zip(a, b, xs)):
         if x.size:
             assert not np.allclose(u, x)
+        np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_old_composition_with_a_standalone_factored_momentum_still_works(fused: bool) -> None:
+    # 0.1's chain(factored_momentum(), scale_by_hfac()) (the terms handed on through
+    # ctx.scratch): deprecated, and the same rule as the momentum owned by the reshaper.
+    xs, grads = _batch_data(12)
+    with pytest.warns(DeprecationWarning, match="factored_momentum"):
+        a = _run_skips(lambda ps: _hfac_chain(ps, True, fused, legacy=True), xs, grads)
+    b = _run_skips(lambda ps: _hfac_chain(ps, True, fused), xs, grads)
+    for i, (u, v) in enumerate(zip(a, b)):
         np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")
 
 
@@ -560,7 +578,7 @@ def test_scale_by_hfac_state_loads_into_the_composed_chain() -> None:
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-11, atol=1e-13)
 
 
-def test_scale_by_hfac_needs_factored_momentum_and_checks_clip_threshold() -> None:
+def test_scale_by_hfac_without_momentum_needs_factored_momentum_and_checks_clip_threshold() -> None:
     from hamopt.core.optimizer import ChainedOptimizer
     from hamopt.transforms import scale_by_hfac
 
@@ -585,8 +603,10 @@ def test_vector_layouts_of_momentum_and_second_moment_must_agree(fused: bool) ->
 
     v = torch.nn.Parameter(torch.zeros(5))
     d = dict(betas=(0.9, 0.99), eps=1e-30, clip_threshold=1.0, corrected=True)
-    second = [scale_by_hfac()] if fused else [scale_by_factored_rms(), add_normalized_factored_momentum()]
-    opt = ChainedOptimizer([v], d, [factored_momentum(vectors_as_rows=True), *second])
+    mom = factored_momentum(vectors_as_rows=True)
+    second = ([scale_by_hfac(momentum=mom)] if fused
+              else [scale_by_factored_rms(), add_normalized_factored_momentum(momentum=mom)])
+    opt = ChainedOptimizer([v], d, second)
     v.grad = torch.ones(5)
     with pytest.raises(RuntimeError, match="vectors_as_rows"):
         opt.step()
@@ -657,8 +677,9 @@ def test_phi_psi_reshapers_match_reference(reshapers: tuple[str, str], foreach: 
     xs, grads = _batch_data(15)
     out = _run_skips(lambda ps: ChainedOptimizer(
         ps, dict(lr=0.01, beta=0.9),
-        [factored_momentum(hp="beta", index=None, corrected_decay=False, scale_by_beta=True),
-         scale_by_factored_phi_psi(ours[phi], ours[psi]), scale_by_learning_rate()], foreach=foreach), xs, grads)
+        [scale_by_factored_phi_psi(ours[phi], ours[psi], momentum=factored_momentum(
+            hp="beta", index=None, corrected_decay=False, scale_by_beta=True)),
+         scale_by_learning_rate()], foreach=foreach), xs, grads)
     for i, (o, x, g) in enumerate(zip(out, xs, grads)):
         if x.size == 0:
             assert o.shape == x.shape

@@ -6,23 +6,18 @@ here compute the same rules with the machinery that makes them fast, and
 compares each with its reference in float64 over many steps, parameters and every state
 tensor):
 
-=============================  ==============================================================
-fast path                      reference (the rule it implements)
-=============================  ==============================================================
-``factored_rms_batched``       :class:`~hamopt.transforms.ScaleByFactoredRms`
-``clipped_factored_rms_fused`` :class:`~hamopt.transforms.ScaleByClippedFactoredRms`, i.e.
-                               ``chain(scale_by_factored_rms(), clip_by_rms())``: the clip
-                               factor from the row norms of ``X d^T`` (one read instead of a
-                               read and a read-write)
-``factored_momentum_batched``  :class:`~hamopt.transforms.FactoredMomentum`
-``factored_phi_psi_blocked``   :class:`~hamopt.transforms.ScaleByFactoredPhiPsi`: CPU row
-                               blocks of large matrices (both arguments of a block in cache)
-``normalized_momentum_batched`` :class:`~hamopt.transforms.AddNormalizedFactoredMomentum`
-``hfac_closed_form``           :class:`~hamopt.transforms.ScaleByHFac`, i.e.
-                               ``chain(scale_by_factored_rms(), clip_by_rms(),
-                               add_normalized_factored_momentum())``: H-Fac's direction in
-                               two element-wise passes (``addcmul``) into one buffer
-=============================  ==============================================================
+- ``factored_rms_batched``: :class:`~hamopt.transforms.ScaleByFactoredRms`.
+- ``clipped_factored_rms_fused``: :class:`~hamopt.transforms.ScaleByClippedFactoredRms`, i.e.
+  ``chain(scale_by_factored_rms(), clip_by_rms())``: the clip factor from the row norms of
+  ``X d^T`` (one read instead of a read and a read-write).
+- ``factored_phi_psi_blocked``: :class:`~hamopt.transforms.ScaleByFactoredPhiPsi` with the
+  :class:`~hamopt.transforms.FactoredMomentum` it owns: CPU row blocks of large matrices
+  (both arguments of a block in cache).
+- ``normalized_momentum_batched``: :class:`~hamopt.transforms.AddNormalizedFactoredMomentum`
+  with its momentum.
+- ``hfac_closed_form``: :class:`~hamopt.transforms.ScaleByHFac` with its momentum, i.e.
+  ``chain(scale_by_factored_rms(), clip_by_rms(), add_normalized_factored_momentum(momentum=...))``:
+  H-Fac's direction in two element-wise passes (``addcmul``) into one buffer.
 
 What they share:
 
@@ -33,9 +28,9 @@ What they share:
   than ``sum(dim=-2)`` there; :func:`row_col_sums`), elsewhere plain sums (exact under TF32);
 * **buffers**: the update of a batch is written into a buffer from the step's workspace
   (pooled on CPU pieces), which first holds ``G^2`` on the CPU;
-* **hand-offs within a step**: the gradient stack of a batch is made once per step and
-  chain, and a batch's update is published as one ``k x m x n`` tensor so that
-  ``add_normalized_factored_momentum`` can add to the whole batch in two launches.
+* **one gradient stack**: a fast path that runs a first moment and a direction (the
+  momentum a reshaper owns, H-Fac's two moments) stacks a batch's gradients once for all of
+  them (:data:`Stacks`, local to the call: nothing goes through ``ctx.scratch``).
 
 Measured when introduced (LLaMA-60M shapes, one CPU thread, same rounds): not stacking on
 the CPU about 10% faster; the sign reshaper's row blocks and the H-Fac closed form are what
@@ -55,10 +50,8 @@ from ..core import ops
 from ..core.transform import FastPath, StepContext, Transform, register_fast_path
 from ..transforms.common import rms_clip_
 from ..transforms.factored import (
-    MOMENTUM_TERMS,
     AddNormalizedFactoredMomentum,
     FactoredMomentum,
-    FactoredTerms,
     Reshaper,
     ScaleByClippedFactoredRms,
     ScaleByFactoredPhiPsi,
@@ -68,19 +61,19 @@ from ..transforms.factored import (
     _beta,
     _binary,
     _decays,
-    momentum_terms,
+    check_layouts,
+    handed_terms,
 )
 
-__all__ = ["CLIPPED_FACTORED_RMS", "FACTORED_MOMENTUM", "FACTORED_PHI_PSI", "FACTORED_RMS", "HFAC",
+__all__ = ["CLIPPED_FACTORED_RMS", "FACTORED_PHI_PSI", "FACTORED_RMS", "HFAC",
            "NORMALIZED_MOMENTUM", "holds_squares", "row_col_sums", "row_sums_of_squares",
            "scaled_row_sums_of_squares", "vector_sums"]
 
-#: ``ctx.scratch`` key of the stacked ``(a, b)`` per batch that the batched
-#: :class:`FactoredMomentum` made (beside the per-parameter terms of the reference).
-STACKED_TERMS = "fast_factored_stacked_terms"
-#: ``ctx.scratch`` key (with the batch's indices) of the ``k x m x n`` update of a batch that
-#: a second-moment fast path returned as views, so a later fast path can work on the batch.
-STACKED_OUT = "factored_stacked_out"
+#: The gradient stack of each batch (``k x m x n``, a view when ``k = 1``), made once per call
+#: of a fast path and shared by its steps (the first moment, the second, the direction).
+Stacks = dict[tuple[int, ...], Tensor]
+#: The first moment's terms per batch (stacked ``a`` ``k x m``, ``b`` ``k x n``) and the full ``M~``.
+Terms = tuple[list[tuple[tuple[int, ...], Tensor, Tensor]], dict[int, Tensor]]
 
 
 # ---------------------------------------------------------------------------- reductions
@@ -207,24 +200,12 @@ def _groups(ctx: StepContext, fac: list[int]) -> list[tuple[int, ...]]:
     return [tuple(v) for v in by.values()]
 
 
-def _stacked_grads(ctx: StepContext, js: tuple[int, ...]) -> Tensor:
-    """``k x m x n`` stack of the gradients at ``js``, made once per step and chain."""
-    key = ("factored_stack", js)
-    hit = ctx.scratch.get(key)
-    if hit is not None and hit[0] is ctx.grads:
-        return hit[1]
-    st = _stack([_as_matrix(ctx.grads[i]) for i in js])
-    ctx.scratch[key] = (ctx.grads, st)
+def _stacked_grads(ctx: StepContext, js: tuple[int, ...], stacks: Stacks) -> Tensor:
+    """``k x m x n`` stack of the gradients at ``js``, made once per fast call."""
+    st = stacks.get(js)
+    if st is None:
+        st = stacks[js] = _stack([_as_matrix(ctx.grads[i]) for i in js])
     return st
-
-
-def _stacked_out(ctx: StepContext, js: tuple[int, ...], updates: Sequence[Tensor]) -> Tensor | None:
-    """The ``k x m x n`` tensor whose views are ``updates[js]``, if a second-moment fast path
-    made them in this step and they are still those views (else ``None``)."""
-    hit = ctx.scratch.get((STACKED_OUT, js))
-    if hit is None or hit[0] is not ctx.grads or any(updates[i] is not x for i, x in zip(js, hit[1])):
-        return None
-    return hit[2]
 
 
 def _unstacked(st: Tensor, js: tuple[int, ...], like: Sequence[Tensor]) -> list[tuple[int, Tensor]]:
@@ -233,11 +214,11 @@ def _unstacked(st: Tensor, js: tuple[int, ...], like: Sequence[Tensor]) -> list[
 
 
 def _scaled_into(ctx: StepContext, updates: Sequence[Tensor], js: tuple[int, ...], scale: Tensor,
-                 o: Tensor) -> None:
+                 o: Tensor, stacks: Stacks) -> None:
     """``o = stack(updates[js]) * scale`` (``k x m x n``), with no extra copy when the updates
     are the gradients (their stack is shared per step) or a single matrix."""
     if updates is ctx.grads:
-        torch.mul(_stacked_grads(ctx, js), scale, out=o)
+        torch.mul(_stacked_grads(ctx, js, stacks), scale, out=o)
     elif len(js) == 1:
         torch.mul(_as_matrix(updates[js[0]]).unsqueeze(0), scale, out=o)
     else:
@@ -245,13 +226,10 @@ def _scaled_into(ctx: StepContext, updates: Sequence[Tensor], js: tuple[int, ...
         o.mul_(scale)
 
 
-def _publish(ctx: StepContext, js: tuple[int, ...], o: Tensor, updates: Sequence[Tensor], out: list[Tensor]) -> None:
-    """Hand the batch ``o`` out as per-parameter views, and leave it in ``ctx.scratch`` so a
-    later fast path can work on the whole batch at once."""
-    views = _unstacked(o, js, updates)
-    for i, x in views:
+def _publish(js: tuple[int, ...], o: Tensor, like: Sequence[Tensor], out: list[Tensor]) -> None:
+    """Hand the batch ``o`` out as per-parameter views (``out[i]``)."""
+    for i, x in _unstacked(o, js, like):
         out[i] = x
-    ctx.scratch[(STACKED_OUT, js)] = (ctx.grads, [x for _, x in views], o)
 
 
 # ---------------------------------------------------------------------------- list helpers
@@ -275,7 +253,8 @@ def _always(t: Transform, ctx: StepContext) -> bool:
 
 
 # ---------------------------------------------------------------------------- second moment
-def _moments(t: ScaleByFactoredRms, ctx: StepContext) -> tuple[list[tuple[int, ...]], list[Tensor], list[int]]:
+def _moments(t: ScaleByFactoredRms, ctx: StepContext, stacks: Stacks
+             ) -> tuple[list[tuple[int, ...]], list[Tensor], list[int]]:
     """Update ``r, s`` (and ``v`` of unfactored tensors) for this step; return the batches,
     one fresh ``k x m x n`` buffer per batch (holding ``G^2`` when :func:`holds_squares`,
     free to overwrite) and the indices of the unfactored tensors."""
@@ -291,7 +270,7 @@ def _moments(t: ScaleByFactoredRms, ctx: StepContext) -> tuple[list[tuple[int, .
     ds: list[Any] = []
     outs: list[Tensor] = []
     for js in batches:
-        g = _stacked_grads(ctx, js)  # k x m x n (a view when k = 1)
+        g = _stacked_grads(ctx, js, stacks)  # k x m x n (a view when k = 1)
         m, n = g.shape[1], g.shape[2]
         o = ctx.take(g)  # (G^2 on CPU,) the update; reused by a later CPU piece
         rows, cols = row_col_sums(g, square=True, out=o)
@@ -317,7 +296,8 @@ def _moments(t: ScaleByFactoredRms, ctx: StepContext) -> tuple[list[tuple[int, .
 def _factored_rms(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
     """:class:`ScaleByFactoredRms`: ``updates / sqrt(V)`` per batch into its buffer."""
     assert isinstance(t, ScaleByFactoredRms)
-    batches, outs, full = _moments(t, ctx)
+    stacks: Stacks = {}
+    batches, outs, full = _moments(t, ctx, stacks)
     f = ctx.foreach
     out: list[Tensor] = list(updates)
     for js, o in zip(batches, outs):
@@ -325,9 +305,9 @@ def _factored_rms(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list
         s = _stack([ctx.states[i]["v_col"] for i in js])
         # 1 / sqrt(V_ij) = sqrt(1^T r) / sqrt(r_i) / sqrt(s_j)
         rr = r.rsqrt().mul_(vector_sums(r).sqrt_())
-        _scaled_into(ctx, updates, js, rr.unsqueeze(2), o)
+        _scaled_into(ctx, updates, js, rr.unsqueeze(2), o, stacks)
         o.mul_(s.rsqrt().unsqueeze(1))
-        _publish(ctx, js, o, updates, out)
+        _publish(js, o, updates, out)
     if full:
         v = [ctx.states[i]["v_full"] for i in full]
         o_full = _binary([updates[i] for i in full], ops.sqrt(v, f), "div", f)
@@ -342,7 +322,8 @@ def _clipped_factored_rms(t: Transform, ctx: StepContext, updates: list[Tensor])
     written first, whose row norms give ``RMS^2 = sum_i c_i^2 ||Y_i||^2 / (mn)``, then
     ``Y *= kappa c`` with ``kappa = 1 / max(1, RMS / d)``."""
     assert isinstance(t, ScaleByClippedFactoredRms)
-    batches, outs, full = _moments(t, ctx)
+    stacks: Stacks = {}
+    batches, outs, full = _moments(t, ctx, stacks)
     thr = ctx.group["clip_threshold"]
     f = ctx.foreach
     out: list[Tensor] = list(updates)
@@ -351,13 +332,13 @@ def _clipped_factored_rms(t: Transform, ctx: StepContext, updates: list[Tensor])
         r = _stack([ctx.states[i]["v_row"] for i in js])
         d = _stack([ctx.states[i]["v_col"] for i in js]).rsqrt().unsqueeze(1)  # 1 / sqrt(s_j)
         c2 = vector_sums(r) / r  # c_i^2 = 1^T r / r_i
-        _scaled_into(ctx, updates, js, d, o)
+        _scaled_into(ctx, updates, js, d, o, stacks)
         c = c2.sqrt()
         if thr is not None:
             nrm = vector_sums(row_sums_of_squares(o).mul_(c2)).sqrt_()  # ||X c d^T||, k x 1
             c.div_(nrm.mul_(1.0 / (math.sqrt(max(m * n, 1)) * thr)).clamp_min_(1.0))
         o.mul_(c.unsqueeze(2))
-        _publish(ctx, js, o, updates, out)
+        _publish(js, o, updates, out)
     if full:
         v = [ctx.states[i]["v_full"] for i in full]
         u = _binary([updates[i] for i in full], ops.sqrt(v, f), "div", f)
@@ -390,9 +371,9 @@ def _terms(t: FactoredMomentum, bufs: list[Tensor], means: list[Tensor], decays:
     return terms
 
 
-def _factored_momentum(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-    """:class:`FactoredMomentum`: every vector of the bucket through the same multi-tensor ops."""
-    assert isinstance(t, FactoredMomentum)
+def _batched_momentum(t: FactoredMomentum, ctx: StepContext, stacks: Stacks) -> Terms:
+    """:meth:`FactoredMomentum.terms`, every vector of the bucket through the same multi-tensor
+    ops; the terms stacked per batch."""
     f = ctx.foreach
     b = _beta(ctx.group, t.hp, t.index)
     b2 = None if t.state_index is None else _beta(ctx.group, t.hp, t.state_index)
@@ -405,7 +386,7 @@ def _factored_momentum(t: Transform, ctx: StepContext, updates: list[Tensor]) ->
     means: list[Tensor] = []
     ds: list[Any] = []
     for js in batches:
-        g = _stacked_grads(ctx, js)
+        g = _stacked_grads(ctx, js, stacks)
         m, n = g.shape[1], g.shape[2]
         rows, cols = row_col_sums(g)
         rows.div_(max(n, 1))  # G 1_n / n
@@ -420,34 +401,27 @@ def _factored_momentum(t: Transform, ctx: StepContext, updates: list[Tensor]) ->
     ds += [decays[i] for i in full]
     terms = _terms(t, bufs, means, ds, b2, corrected, f) if bufs else []
     groups: list[tuple[tuple[int, ...], Tensor, Tensor]] = []
-    rows_of: dict[int, Tensor] = {}
-    cols_of: dict[int, Tensor] = {}
     pos = 0
     for js in batches:
         k = len(js)
         groups.append((js, _stack(terms[pos:pos + 2 * k:2]), _stack(terms[pos + 1:pos + 2 * k:2])))
-        for j, i in enumerate(js):
-            rows_of[i], cols_of[i] = terms[pos + 2 * j], terms[pos + 2 * j + 1]
         pos += 2 * k
-    fulls = dict(zip(full, terms[nv:]))
-    ctx.scratch[MOMENTUM_TERMS] = FactoredTerms(ctx.grads, rows_of, cols_of, fulls)
-    ctx.scratch[STACKED_TERMS] = (ctx.grads, groups)
-    return updates
+    return groups, dict(zip(full, terms[nv:]))
 
 
-def _momentum_batches(ctx: StepContext, second_moment: bool = False
-                      ) -> tuple[list[tuple[tuple[int, ...], Tensor, Tensor]], dict[int, Tensor]]:
-    """The terms of :class:`FactoredMomentum` for this step as stacked ``(a, b)`` per batch
-    (``k x m`` and ``k x n``) and the full ``M~`` of the unfactored parameters (the reference's
-    checks and messages first)."""
-    terms = momentum_terms(ctx, second_moment)
-    hit = ctx.scratch.get(STACKED_TERMS)
-    if hit is not None and hit[0] is ctx.grads:
-        return hit[1], terms.full
-    # the per-tensor reference ran before us: stack its terms ourselves
+def _momentum(t: Transform, ctx: StepContext, stacks: Stacks) -> Terms:
+    """The terms of the first moment that ``t`` owns (or that a standalone one handed on)."""
+    if t.momentum is not None:  # type: ignore[attr-defined]
+        return _batched_momentum(t.momentum, ctx, stacks)  # type: ignore[attr-defined]
+    terms = handed_terms(ctx)
     groups = [(js, _stack([terms.rows[i] for i in js]), _stack([terms.cols[i] for i in js]))
               for js in _groups(ctx, sorted(terms.rows))]
     return groups, terms.full
+
+
+def _check_layouts(ctx: StepContext, terms: Terms) -> None:
+    """:func:`~hamopt.transforms.factored.check_layouts` on stacked terms."""
+    check_layouts(ctx, [i for js, _, _ in terms[0] for i in js], terms[1])
 
 
 # ---------------------------------------------------------------------------- reshapers
@@ -463,13 +437,14 @@ def _phi_psi(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tens
     """:class:`ScaleByFactoredPhiPsi` per batch, in row blocks of large matrices on the CPU."""
     assert isinstance(t, ScaleByFactoredPhiPsi)
     f = ctx.foreach
-    groups, fulls = _momentum_batches(ctx)
+    stacks: Stacks = {}
+    groups, fulls = _momentum(t, ctx, stacks)
     out: list[Tensor] = list(updates)
     # psi's argument goes to one scratch buffer shared by the batches (largest first); a
     # batch's stacked copy of G (k > 1, made for this step) becomes its result.
     tmp: Tensor | None = None
-    for js, a, b in sorted(groups, key=lambda x: -_stacked_grads(ctx, x[0]).numel()):
-        g = _stacked_grads(ctx, js)
+    for js, a, b in sorted(groups, key=lambda x: -_stacked_grads(ctx, x[0], stacks).numel()):
+        g = _stacked_grads(ctx, js, stacks)
         blocks = _row_blocks(g)
         if blocks is not None:  # CPU, large matrix: both arguments of a block of rows in cache
             x = ctx.take(g)
@@ -483,7 +458,7 @@ def _phi_psi(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tens
                 tmp = torch.empty(g.numel(), dtype=g.dtype, device=g.device)
             y = _apply(t.psi, [torch.add(g, b.unsqueeze(1), out=tmp[:g.numel()].view(g.shape))], f)[0]
             if len(js) > 1:  # our copy: phi's argument in place, and no one reads it as G again
-                ctx.scratch.pop(("factored_stack", js), None)
+                stacks.pop(js)
                 x = _apply(t.phi, [g.add_(a.unsqueeze(2))], f)[0]
             else:
                 x = _apply(t.phi, [g + a.unsqueeze(2)], f)[0]
@@ -504,11 +479,11 @@ def _phi_psi(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tens
     return ctx.fresh(out)
 
 
-def _normalized_momentum(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-    """:class:`AddNormalizedFactoredMomentum` per batch (two launches on a published batch)."""
-    assert isinstance(t, AddNormalizedFactoredMomentum)
+def _add_normalized(ctx: StepContext, updates: list[Tensor], terms: Terms, coef: float) -> list[Tensor]:
+    """:func:`~hamopt.transforms.factored.add_normalized_momentum` per batch."""
+    _check_layouts(ctx, terms)
+    groups, fulls = terms
     f = ctx.foreach
-    groups, fulls = _momentum_batches(ctx, second_moment=True)
     out = ctx.writable(updates)
     for js, a, b in groups:
         r = _stack([ctx.states[i]["v_row"] for i in js])
@@ -516,13 +491,8 @@ def _normalized_momentum(t: Transform, ctx: StepContext, updates: list[Tensor]) 
         m, n = r.shape[1], s.shape[1]
         pa = a / (r / max(n, 1)).sqrt_()  # a / sqrt(r / n)
         pb = b / (s / max(m, 1)).sqrt_()  # b / sqrt(s / m)
-        pa.mul_(t.coef)
-        pb.mul_(t.coef)
-        st = _stacked_out(ctx, js, out)
-        if st is not None:  # the batch's update is one k x m x n tensor: two launches
-            st.add_(pa.unsqueeze(2))
-            st.add_(pb.unsqueeze(1))
-            continue
+        pa.mul_(coef)
+        pb.mul_(coef)
         for k, i in enumerate(js):
             x = _as_matrix(out[i])
             x.add_(pa[k].unsqueeze(1))
@@ -530,9 +500,15 @@ def _normalized_momentum(t: Transform, ctx: StepContext, updates: list[Tensor]) 
     if fulls:
         idx = list(fulls)
         p = _binary([fulls[i] for i in idx], ops.sqrt([ctx.states[i]["v_full"] for i in idx], f), "div", f)
-        ops.mul_(p, 2.0 * t.coef, f)  # coef (phi + psi) with phi = psi = M~ / sqrt(v)
+        ops.mul_(p, 2.0 * coef, f)  # coef (phi + psi) with phi = psi = M~ / sqrt(v)
         ops.add_([out[i] for i in idx], p, f)
     return out
+
+
+def _normalized_momentum(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+    """:class:`AddNormalizedFactoredMomentum` per batch."""
+    assert isinstance(t, AddNormalizedFactoredMomentum)
+    return _add_normalized(ctx, updates, _momentum(t, ctx, {}), t.coef)
 
 
 # ---------------------------------------------------------------------------- H-Fac
@@ -549,19 +525,22 @@ def _hfac(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]
     two element-wise passes (``addcmul``) into the batch's buffer. Calls whose ``updates``
     are not the gradients run the three composed fast paths."""
     assert isinstance(t, ScaleByHFac)
+    stacks: Stacks = {}
+    mom = _momentum(t, ctx, stacks)
     if updates is not ctx.grads:  # e.g. after a momentum transform: the composed rule
-        out = t._clip.run(ctx, _factored_rms(t, ctx, updates))
-        return _normalized_momentum(t._add, ctx, out)
-    groups, fulls = _momentum_batches(ctx, second_moment=True)
+        out = t._clip.update(ctx, _factored_rms(t, ctx, updates))
+        return _add_normalized(ctx, out, mom, t.coef)
+    _check_layouts(ctx, mom)
+    groups, fulls = mom
     terms = {js: (a, b) for js, a, b in groups}
-    batches, outs, full = _moments(t, ctx)
+    batches, outs, full = _moments(t, ctx, stacks)
     thr = ctx.group["clip_threshold"]
     f = ctx.foreach
     coef = t.coef
     out: list[Tensor] = list(updates)
     for js, o in zip(batches, outs):
         a, b = terms[js]
-        g = _stacked_grads(ctx, js)
+        g = _stacked_grads(ctx, js, stacks)
         m, n = g.shape[1], g.shape[2]
         r = _stack([ctx.states[i]["v_row"] for i in js])
         s = _stack([ctx.states[i]["v_col"] for i in js])
@@ -578,7 +557,7 @@ def _hfac(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]
             d.div_(nrm.mul_(1.0 / (math.sqrt(max(m * n, 1)) * thr)).clamp_min_(1.0))
         torch.addcmul(alpha.unsqueeze(2), g, d.unsqueeze(1), out=o)
         torch.addcmul(beta.unsqueeze(1), o, c.unsqueeze(2), out=o)
-        _publish(ctx, js, o, updates, out)
+        _publish(js, o, updates, out)
     if full:
         v = [ctx.states[i]["v_full"] for i in full]
         den = ops.sqrt(v, f)
@@ -596,8 +575,6 @@ def _hfac(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]
 FACTORED_RMS = register_fast_path(FastPath(ScaleByFactoredRms, "factored_rms_batched", _always, _factored_rms))
 CLIPPED_FACTORED_RMS = register_fast_path(
     FastPath(ScaleByClippedFactoredRms, "clipped_factored_rms_fused", _always, _clipped_factored_rms))
-FACTORED_MOMENTUM = register_fast_path(
-    FastPath(FactoredMomentum, "factored_momentum_batched", _always, _factored_momentum))
 FACTORED_PHI_PSI = register_fast_path(FastPath(ScaleByFactoredPhiPsi, "factored_phi_psi_blocked", _always, _phi_psi))
 NORMALIZED_MOMENTUM = register_fast_path(
     FastPath(AddNormalizedFactoredMomentum, "normalized_momentum_batched", _always, _normalized_momentum))

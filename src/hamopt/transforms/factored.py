@@ -41,7 +41,8 @@ gradients through a sub-context.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,7 +287,7 @@ class ScaleByRms(Transform):
 # ---------------------------------------------------------------------------- first moment
 @dataclass
 class FactoredTerms:
-    """What :class:`FactoredMomentum` leaves for a reshaper later in its chain, for one step."""
+    """This step's terms of a :class:`FactoredMomentum` (:meth:`FactoredMomentum.terms`)."""
 
     grads: list[Tensor]  # the step's gradients the terms were made from
     rows: dict[int, Tensor]  # a (length m) of each factored parameter, by its index in the bucket
@@ -307,10 +308,15 @@ class FactoredMomentum(Transform):
         a = b_t u~ if scale_by_beta else u~          (and the same for v, g_c, giving b)
 
     ``corrected`` (the paper's "corrected terms", default True; False is the ablation) is
-    read from the group key ``corrected`` when present. The transform passes ``updates``
-    through unchanged and leaves ``(a, b)`` per parameter in ``ctx.scratch`` for a reshaper
-    (:func:`scale_by_factored_phi_psi`, :func:`add_normalized_factored_momentum`), which
-    forms ``a 1_n^T`` and ``1_m b^T``.
+    read from the group key ``corrected`` when present.
+
+    The first moment cannot live apart from the reshaper that forms ``a 1_n^T`` and
+    ``1_m b^T``, so a reshaper owns it: ``scale_by_factored_sign(momentum=factored_momentum(...))``,
+    ``scale_by_factored_phi_psi(..., momentum=...)``, ``add_normalized_factored_momentum(...,
+    momentum=...)`` and ``scale_by_hfac(..., momentum=...)`` call :meth:`terms` and keep its
+    state as theirs. (As a transform of its own in a chain, the composition of 0.1, it passes
+    ``updates`` through and leaves the terms in ``ctx.scratch`` for a following reshaper that
+    owns no momentum; deprecated.)
 
     State: ``mom_row`` (m,) and ``mom_col`` (n,); fallback (0-d/1-d or ``factored=False``):
     ``mom_full`` ``M`` (the shape of the parameter) with the same rule on ``G`` itself, and
@@ -358,7 +364,8 @@ class FactoredMomentum(Transform):
             _ema_(u, mean, b2)
         return term * decay if self.scale_by_beta else term
 
-    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+    def terms(self, ctx: StepContext) -> FactoredTerms:
+        """Update the moving averages with this step's gradients; return the terms."""
         b = _beta(ctx.group, self.hp, self.index)
         b2 = None if self.state_index is None else _beta(ctx.group, self.hp, self.state_index)
         corrected = bool(ctx.group.get("corrected", True))
@@ -372,7 +379,18 @@ class FactoredMomentum(Transform):
             m, n = G.shape
             terms.rows[i] = self.term(state["mom_row"], G.sum(dim=1) / max(n, 1), d, b2, corrected)  # G 1_n / n
             terms.cols[i] = self.term(state["mom_col"], G.sum(dim=0) / max(m, 1), d, b2, corrected)  # G^T 1_m / m
-        ctx.scratch[MOMENTUM_TERMS] = terms
+        return terms
+
+    def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        """The 0.1 composition (deprecated): the terms go to a following reshaper through
+        ``ctx.scratch``; give the reshaper this transform as its ``momentum`` instead."""
+        if not getattr(self, "_warned", False):
+            self._warned = True
+            warnings.warn("factored_momentum() as a transform of its own hands its terms on through "
+                          "ctx.scratch; pass it to the reshaper instead, e.g. "
+                          "scale_by_factored_sign(momentum=factored_momentum(...))", DeprecationWarning,
+                          stacklevel=2)
+        ctx.scratch[MOMENTUM_TERMS] = self.terms(ctx)
         return updates
 
     def __repr__(self) -> str:
@@ -381,18 +399,46 @@ class FactoredMomentum(Transform):
                 f"vectors_as_rows={self.vectors_as_rows})")
 
 
-def momentum_terms(ctx: StepContext, second_moment: bool = False) -> FactoredTerms:
-    """What :class:`FactoredMomentum` left for this chain in this step. ``second_moment``:
-    check that the factored second moment treats the same parameters as factored
-    (``vectors_as_rows`` set alike on both transforms)."""
+def handed_terms(ctx: StepContext) -> FactoredTerms:
+    """The terms a standalone :class:`FactoredMomentum` left earlier in this chain (deprecated)."""
     terms = ctx.scratch.get(MOMENTUM_TERMS)
     if terms is None or terms.grads is not ctx.grads:
-        raise RuntimeError("a factored reshaper needs factored_momentum() earlier in the same chain")
-    if second_moment and (any("v_row" not in ctx.states[i] for i in terms.rows)
-                          or any("v_full" not in ctx.states[i] for i in terms.full)):
-        raise RuntimeError("factored_momentum() and the factored second moment disagree on which tensors "
-                           "are factored: pass the same vectors_as_rows to both")
+        raise RuntimeError("a factored reshaper needs its first moment: pass momentum=factored_momentum(...)")
     return terms
+
+
+def check_layouts(ctx: StepContext, factored: Iterable[int], full: Iterable[int]) -> None:
+    """The factored first and second moments treat the same parameters (by index) as factored."""
+    if any("v_row" not in ctx.states[i] for i in factored) or any("v_full" not in ctx.states[i] for i in full):
+        raise RuntimeError("the factored first and second moments disagree on which tensors are factored: "
+                           "pass the same vectors_as_rows to both")
+
+
+class _OwnsMomentum(Transform):
+    """A reshaper that owns its :class:`FactoredMomentum` (``momentum``): its state keys,
+    hyperparameters, checks and state are the reshaper's too."""
+
+    momentum: FactoredMomentum | None = None
+
+    def _own(self, momentum: FactoredMomentum | None) -> None:
+        self.momentum = momentum
+        if momentum is not None:
+            self.state_keys = momentum.state_keys + type(self).state_keys
+            self.hyperparams = tuple(dict.fromkeys(momentum.hyperparams + self.hyperparams))
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        super().validate(group)
+        if self.momentum is not None:
+            self.momentum.validate(group)
+
+    def init(self, param: Tensor, state: MutableMapping[str, Any], group: Mapping[str, Any]) -> None:
+        if self.momentum is not None:
+            self.momentum.init(param, state, group)
+        super().init(param, state, group)
+
+    def momentum_terms(self, ctx: StepContext) -> FactoredTerms:
+        """This step's terms of the first moment (ours, or handed on by a standalone one)."""
+        return self.momentum.terms(ctx) if self.momentum is not None else handed_terms(ctx)
 
 
 # ---------------------------------------------------------------------------- reshapers
@@ -407,26 +453,29 @@ def _reshaper(fn: Reshaper) -> Callable[[Tensor], Tensor]:
     return fn  # type: ignore[return-value]
 
 
-class ScaleByFactoredPhiPsi(Transform):
+class ScaleByFactoredPhiPsi(_OwnsMomentum):
     """The factored first-order update of seed 000, section 4.2 (Algorithms 2 and 4)::
 
+        (a, b) = momentum terms                         # factored_momentum: u~, v~ (times b)
         return grad phi(a 1_n^T + G) + grad psi(1_m b^T + G)
 
-    with ``(a, b)`` left by :func:`factored_momentum` earlier in the chain and ``G`` from
-    ``ctx.grads``. ``phi``/``psi`` are ``"sign"`` (``phi = ||.||_1``, signFSGD and
-    LionFactor), ``"identity"`` (``phi = ||.||^2 / 2``) or an element-wise callable
+    with ``G`` from ``ctx.grads``. ``phi``/``psi`` are ``"sign"`` (``phi = ||.||_1``, signFSGD
+    and LionFactor), ``"identity"`` (``phi = ||.||^2 / 2``) or an element-wise callable
     ``Tensor -> Tensor`` (the gradient of a convex function). For the unfactored fallback
     ``a 1^T`` and ``1 b^T`` are both the full ``M~``, so the sign version gives
-    ``2 sign(M~ + G)``.
+    ``2 sign(M~ + G)``. ``momentum`` is the :class:`FactoredMomentum` it owns (its state is
+    this transform's).
     """
 
     splits = TENSOR
 
-    def __init__(self, phi: Reshaper = "sign", psi: Reshaper = "sign") -> None:
+    def __init__(self, phi: Reshaper = "sign", psi: Reshaper = "sign", momentum: FactoredMomentum | None = None
+                 ) -> None:
         self.phi, self.psi = phi, psi
+        self._own(momentum)
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        terms = momentum_terms(ctx)
+        terms = self.momentum_terms(ctx)
         phi, psi = _reshaper(self.phi), _reshaper(self.psi)
         out = []
         for i, g in enumerate(ctx.grads):
@@ -438,78 +487,89 @@ class ScaleByFactoredPhiPsi(Transform):
         return ctx.fresh(out)
 
     def __repr__(self) -> str:
-        return f"scale_by_factored_phi_psi(phi={self.phi!r}, psi={self.psi!r})"
+        return f"scale_by_factored_phi_psi(phi={self.phi!r}, psi={self.psi!r}, momentum={self.momentum!r})"
 
 
-class AddNormalizedFactoredMomentum(Transform):
+def add_normalized_momentum(ctx: StepContext, updates: list[Tensor], terms: FactoredTerms, coef: float
+                            ) -> list[Tensor]:
+    """``updates + coef (phi + psi)`` with the first moment's ``terms`` and the second
+    moment's ``r, s`` (or ``v``) from the state (:class:`AddNormalizedFactoredMomentum`)."""
+    check_layouts(ctx, terms.rows, terms.full)
+    out = []
+    for i, (u, state) in enumerate(zip(updates, ctx.states)):
+        if i in terms.full:  # phi = psi = M~ / sqrt(v)
+            out.append(u + 2 * coef * terms.full[i] / state["v_full"].sqrt())
+            continue
+        r, s = state["v_row"], state["v_col"]
+        m, n = r.numel(), s.numel()
+        phi = (terms.rows[i] / (r / max(n, 1)).sqrt())[:, None]  # a 1_n^T / sqrt(r 1_n^T / n)
+        psi = (terms.cols[i] / (s / max(m, 1)).sqrt())[None, :]  # 1_m b^T / sqrt(1_m s^T / m)
+        out.append((_as_matrix(u) + coef * (phi + psi)).reshape(u.shape))
+    return ctx.fresh(out)
+
+
+class AddNormalizedFactoredMomentum(_OwnsMomentum):
     """H-Fac's normalized factored momentum (seed 000, Algorithm 3)::
 
-        phi = a 1_n^T / sqrt(r 1_n^T / n)         # a = b1_t (u - G 1_n / n) from factored_momentum
-        psi = 1_m b^T / sqrt(1_m s^T / m)         # r, s: v_row, v_col of scale_by_factored_rms
+        (a, b) = momentum terms                   # a = b1_t (u - G 1_n / n), b = b1_t (v - G^T 1_m / m)
+        phi = a 1_n^T / sqrt(r 1_n^T / n)         # r, s: v_row, v_col of scale_by_factored_rms
+        psi = 1_m b^T / sqrt(1_m s^T / m)
         return updates + coef * (phi + psi)       # coef = 0.5
 
-    Must follow :func:`factored_momentum` and :func:`scale_by_factored_rms` in the chain.
-    Fallback (``v_full``, full ``M~``): ``updates + 2 coef M~ / sqrt(v)``.
+    Owns ``momentum`` (a :class:`FactoredMomentum`); must follow :func:`scale_by_factored_rms`
+    in the chain, whose state ``r, s`` it reads. Fallback (``v_full``, full ``M~``):
+    ``updates + 2 coef M~ / sqrt(v)``.
     """
 
     splits = TENSOR
 
-    def __init__(self, coef: float = 0.5) -> None:
+    def __init__(self, coef: float = 0.5, momentum: FactoredMomentum | None = None) -> None:
         self.coef = coef
+        self._own(momentum)
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        terms = momentum_terms(ctx, second_moment=True)
-        out = []
-        for i, (u, state) in enumerate(zip(updates, ctx.states)):
-            if i in terms.full:  # phi = psi = M~ / sqrt(v)
-                out.append(u + 2 * self.coef * terms.full[i] / state["v_full"].sqrt())
-                continue
-            r, s = state["v_row"], state["v_col"]
-            m, n = r.numel(), s.numel()
-            phi = (terms.rows[i] / (r / max(n, 1)).sqrt())[:, None]  # a 1_n^T / sqrt(r 1_n^T / n)
-            psi = (terms.cols[i] / (s / max(m, 1)).sqrt())[None, :]  # 1_m b^T / sqrt(1_m s^T / m)
-            out.append((_as_matrix(u) + self.coef * (phi + psi)).reshape(u.shape))
-        return ctx.fresh(out)
+        return add_normalized_momentum(ctx, updates, self.momentum_terms(ctx), self.coef)
 
     def __repr__(self) -> str:
-        return f"add_normalized_factored_momentum(coef={self.coef})"
+        return f"add_normalized_factored_momentum(coef={self.coef}, momentum={self.momentum!r})"
 
 
-class ScaleByHFac(ScaleByFactoredRms):
-    """H-Fac's whole direction after the first moment (seed 000, Algorithm 3), as one transform::
+class ScaleByHFac(_OwnsMomentum, ScaleByFactoredRms):
+    """H-Fac's whole direction (seed 000, Algorithm 3), with the first moment it owns::
 
+        (a, b) = momentum terms                          # factored_momentum
         D = clip_d(G / sqrt(V)) + coef (phi + psi)       # coef = 0.5; no clipping when d is None
 
-    The same rule, step for step, as ``chain(scale_by_factored_rms(), clip_by_rms(),
-    add_normalized_factored_momentum(coef))`` (same state ``v_row``, ``v_col``, ``v_full``, so
-    checkpoints of either load in the other), with ``(a, b)`` from :func:`factored_momentum`
-    earlier in the chain. It reads ``betas``, ``eps``, ``factored`` and ``clip_threshold``.
-
-    The reference is that chain; it runs as one transform so that its fast path
-    (:mod:`hamopt.fast.factored`, ``hfac_closed_form``) can write the whole direction in two
-    element-wise passes into one buffer, the clip factor known before.
+    The rule is ``chain(scale_by_factored_rms(), clip_by_rms(),
+    add_normalized_factored_momentum(coef, momentum))`` (same state ``mom_*``, ``v_row``,
+    ``v_col``, ``v_full``, so checkpoints of either load in the other), and so is this
+    reference. It reads ``betas``, ``eps``, ``factored``, ``clip_threshold`` and the
+    momentum's keys. It is one transform so that its fast path (:mod:`hamopt.fast.factored`,
+    ``hfac_closed_form``) can write the whole direction in two element-wise passes into one
+    buffer, the clip factor known before.
     """
 
     def __init__(self, coef: float = 0.5, hp: str = "betas", index: int | None = 1,
-                 vectors_as_rows: bool = False) -> None:
+                 vectors_as_rows: bool = False, momentum: FactoredMomentum | None = None) -> None:
         super().__init__(hp=hp, index=index, vectors_as_rows=vectors_as_rows)
         self.coef = coef
         self.hyperparams = (hp, "eps", "factored", "clip_threshold")
         self._clip = ClipByRms()
-        self._add = AddNormalizedFactoredMomentum(coef)
+        self._own(momentum)
 
     def validate(self, group: Mapping[str, Any]) -> None:
         super().validate(group)
         self._clip.validate(group)
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        terms = self.momentum_terms(ctx)  # (a, b)
         out = ScaleByFactoredRms.update(self, ctx, updates)  # updates / sqrt(V)
         out = self._clip.update(ctx, out)  # clip_d
-        return self._add.update(ctx, out)  # + coef (phi + psi)
+        return add_normalized_momentum(ctx, out, terms, self.coef)  # + coef (phi + psi)
 
     def __repr__(self) -> str:
         return (f"scale_by_hfac(coef={self.coef}, hp={self.hp!r}, index={self.index}, "
-                f"vectors_as_rows={self.vectors_as_rows})")
+                f"vectors_as_rows={self.vectors_as_rows}, momentum={self.momentum!r})")
 
 
 # ---------------------------------------------------------------------------- factories
@@ -538,24 +598,27 @@ def factored_momentum(hp: str = "betas", index: int | None = 0, state_index: int
                             scale_by_beta=scale_by_beta, vectors_as_rows=vectors_as_rows)
 
 
-def scale_by_factored_phi_psi(phi: Reshaper = "sign", psi: Reshaper = "sign") -> ScaleByFactoredPhiPsi:
+def scale_by_factored_phi_psi(phi: Reshaper = "sign", psi: Reshaper = "sign",
+                              momentum: FactoredMomentum | None = None) -> ScaleByFactoredPhiPsi:
     """See :class:`ScaleByFactoredPhiPsi`."""
-    return ScaleByFactoredPhiPsi(phi=phi, psi=psi)
+    return ScaleByFactoredPhiPsi(phi=phi, psi=psi, momentum=momentum)
 
 
-def scale_by_factored_sign() -> ScaleByFactoredPhiPsi:
-    """``sign(a 1^T + G) + sign(1 b^T + G)`` (signFSGD, LionFactor); see :class:`ScaleByFactoredPhiPsi`."""
-    return ScaleByFactoredPhiPsi("sign", "sign")
+def scale_by_factored_sign(momentum: FactoredMomentum | None = None) -> ScaleByFactoredPhiPsi:
+    """``sign(a 1^T + G) + sign(1 b^T + G)`` (signFSGD, LionFactor) with ``(a, b)`` from
+    ``momentum``; see :class:`ScaleByFactoredPhiPsi`."""
+    return ScaleByFactoredPhiPsi("sign", "sign", momentum=momentum)
 
 
-def add_normalized_factored_momentum(coef: float = 0.5) -> AddNormalizedFactoredMomentum:
+def add_normalized_factored_momentum(coef: float = 0.5, momentum: FactoredMomentum | None = None
+                                     ) -> AddNormalizedFactoredMomentum:
     """See :class:`AddNormalizedFactoredMomentum`."""
-    return AddNormalizedFactoredMomentum(coef=coef)
+    return AddNormalizedFactoredMomentum(coef=coef, momentum=momentum)
 
 
 def scale_by_hfac(coef: float = 0.5, hp: str = "betas", index: int | None = 1,
-                  vectors_as_rows: bool = False) -> ScaleByHFac:
+                  vectors_as_rows: bool = False, momentum: FactoredMomentum | None = None) -> ScaleByHFac:
     """H-Fac's ``clip_d(G / sqrt(V)) + coef (phi + psi)`` as one transform; see :class:`ScaleByHFac`
     (``vectors_as_rows=True``, as :class:`~hamopt.optim.hfac.HFac` uses it: 0-d/1-d tensors on
-    their ``1 x n`` view, with :func:`factored_momentum` set alike)."""
-    return ScaleByHFac(coef=coef, hp=hp, index=index, vectors_as_rows=vectors_as_rows)
+    their ``1 x n`` view, with ``momentum=factored_momentum(vectors_as_rows=True)`` set alike)."""
+    return ScaleByHFac(coef=coef, hp=hp, index=index, vectors_as_rows=vectors_as_rows, momentum=momentum)
