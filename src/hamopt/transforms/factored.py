@@ -149,13 +149,6 @@ def _check_beta(group: Mapping[str, Any], hp: str, index: int | None) -> None:
             raise ValueError(f"Invalid {hp}: {tuple(group[hp])!r} (expected at least {index + 1} values)")
 
 
-def _clip(u: Tensor, d: float | None) -> Tensor:
-    """``clip_d(U) = U / max(1, RMS(U) / d)`` (no clipping when ``d`` is None or ``U`` is empty)."""
-    if d is None or u.numel() == 0:
-        return u
-    return u / (torch.linalg.vector_norm(u) / (u.numel() ** 0.5 * d)).clamp_min(1.0)
-
-
 # ---------------------------------------------------------------------------- second moment
 class ScaleByFactoredRms(Transform):
     """Adafactor's factored second moment (seed 000, Algorithms 1 and 3; Shazeer and Stern 2018).
