@@ -385,7 +385,7 @@ def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
     # denominator and the rotated-back update). Results must equal the whole-bucket step
     # exactly (there AdaDiag rotates the four with one batched product per side).
     from hamopt.core.engine.pieces import StepPool
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 1000)  # the sign reshapers' row blocks too
     reused = []

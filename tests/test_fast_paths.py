@@ -1,8 +1,9 @@
 """Every fast path equals the reference rule it implements (STYLE.md habit 3).
 
 Generated from the registry of fast paths (:func:`hamopt.fast.fast_paths`) and the optimizer
-registry: for each fast path, every registered optimizer whose chain holds a transform the
-path implements is run twice in float64 on CPU pieces (where the pooled paths apply), once
+registry (plus a few chains composed of the factored family's transforms, whose fast paths
+no registered optimizer runs on its own): for each fast path, every optimizer whose chain
+holds a transform the path implements is run twice in float64 on CPU pieces (where the pooled paths apply), once
 as it runs by default and once with :func:`hamopt.fast.reference_only`, and the parameters
 and every state tensor are compared after many steps. The fast path must actually have run.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -27,12 +30,58 @@ def _members(t: T.Transform) -> list[T.Transform]:
     return out
 
 
+def _composed(*middle: Any, **defaults: Any) -> Callable[..., torch.optim.Optimizer]:
+    """An optimizer whose chain is ``middle`` + the decoupled-decay apply (H-Fac's defaults)."""
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import apply_decayed_update
+
+    def make(params: Any, **kw: Any) -> torch.optim.Optimizer:
+        d = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-30, weight_decay=0.0, clip_threshold=1.0, corrected=True)
+        d.update(defaults)
+        d.update(kw)
+        return ChainedOptimizer(params, d, [*(m() for m in middle), apply_decayed_update()])
+
+    return make
+
+
+def _extras() -> dict[str, Callable[..., torch.optim.Optimizer]]:
+    from hamopt.transforms import (
+        add_normalized_factored_momentum,
+        clip_by_rms,
+        factored_momentum,
+        scale_by_ema,
+        scale_by_factored_rms,
+        scale_by_hfac,
+    )
+
+    return {
+        # H-Fac as the three transforms scale_by_hfac stands for
+        "hfac-composed": _composed(lambda: scale_by_factored_rms(vectors_as_rows=True), clip_by_rms,
+                                   lambda: add_normalized_factored_momentum(
+                                       0.5, momentum=factored_momentum(vectors_as_rows=True))),
+        # updates that are not the gradients reach scale_by_hfac
+        "hfac-after-ema": _composed(lambda: scale_by_ema(key="m", corrected=True),
+                                    lambda: scale_by_hfac(0.5, vectors_as_rows=True,
+                                                          momentum=factored_momentum(vectors_as_rows=True)),
+                                    clip_threshold=0.3),
+        # Adafactor-m as the two transforms scale_by_clipped_factored_rms stands for
+        "adafactor_m-composed": _composed(lambda: scale_by_ema(corrected=True), scale_by_factored_rms, clip_by_rms),
+    }
+
+
+EXTRAS = _extras()
+
+
+def _create(name: str, params: Any, **kw: Any) -> torch.optim.Optimizer:
+    return EXTRAS[name](params, **kw) if name in EXTRAS else hamopt.create(name, params, **kw)
+
+
 def _cases() -> list[tuple[T.FastPath, str]]:
     p = [torch.nn.Parameter(torch.zeros(2, 3))]
     cases = []
     for fp in fast_paths():
-        for name in hamopt.list_optimizers():
-            opt = hamopt.create(name, p)
+        for name in [*hamopt.list_optimizers(), *EXTRAS]:
+            opt = _create(name, p)
             chain = getattr(opt, "transform", None)
             if chain is None:
                 continue
@@ -43,27 +92,50 @@ def _cases() -> list[tuple[T.FastPath, str]]:
 
 CASES = _cases()
 
+#: How the factored family's fast paths may run (:mod:`hamopt.fast.factored`): as on the CPU
+#: by default; with same-shape matrices stacked into batches and large matrices cut into row
+#: blocks of 64 entries, the bucket whole (not in pieces, so same-shape matrices meet); with
+#: the plain sums an accelerator uses instead of CPU products.
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "stacked-blocks": {"CPU_STACK_MAX_NUMEL": 1 << 22, "CPU_BLOCK_NUMEL": 64, "chunk": 0},
+    "plain-sums": {"_reduce_by_matmul": lambda x: False},
+}
+LAYOUT_CASES = [(fp, n, lay) for fp, n in CASES
+                for lay in (LAYOUTS if fp.update.__module__ == "hamopt.fast.factored" else ["cpu"])]
+
 
 def test_every_fast_path_is_exercised_by_some_optimizer() -> None:
     assert {fp.name for fp in fast_paths()} == {fp.name for fp, _ in CASES}
     assert len(fast_paths()) >= 2
 
 
-@pytest.mark.parametrize("fp, name", CASES, ids=[f"{fp.name}-{n}" for fp, n in CASES])
-def test_fast_path_equals_its_reference(fp: T.FastPath, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fp, name, layout", LAYOUT_CASES,
+                         ids=[f"{fp.name}-{n}-{lay}" for fp, n, lay in LAYOUT_CASES])
+def test_fast_path_equals_its_reference(fp: T.FastPath, name: str, layout: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hamopt.fast import factored
+
+    settings = dict(LAYOUTS[layout])
+    chunk = settings.pop("chunk", 500)
+    for attr, value in settings.items():
+        monkeypatch.setattr(factored, attr, value)
     calls = []
     counted = dataclasses.replace(fp, update=lambda t, ctx, u: (calls.append(1), fp.update(t, ctx, u))[1])
     monkeypatch.setitem(T._FAST, fp.reference, [counted if x is fp else x for x in T._FAST[fp.reference]])
-    info = hamopt.get(name)
+    info = hamopt.get(name) if name not in EXTRAS else None
     g = torch.Generator().manual_seed(0)
-    shapes = [(40, 30), (30, 40), (70,), (), (4, 3, 5)]
+    shapes = [(40, 30), (30, 40), (70,), (), (4, 3, 5), (40, 30), (0, 5)]
     init = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-    kw = {**info.test_kwargs, "weight_decay": 0.05} if "weight_decay" in info.defaults else dict(info.test_kwargs)
+    if info is None:
+        kw: dict[str, Any] = {"weight_decay": 0.05}
+    else:
+        kw = {**info.test_kwargs, "weight_decay": 0.05} if "weight_decay" in info.defaults else dict(info.test_kwargs)
     runs = []
     for reference in (False, True):
         ps = [torch.nn.Parameter(x.clone()) for x in init]
-        opt = hamopt.create(name, ps, lr=1e-2, **kw)
-        opt.cpu_chunk_numel = 500
+        opt = _create(name, ps, lr=1e-2, **kw)
+        opt.cpu_chunk_numel = chunk
         gg = torch.Generator().manual_seed(1)
         for _ in range(25):
             for p in ps:

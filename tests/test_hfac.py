@@ -29,7 +29,7 @@ def _batch_as_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """On the CPU every matrix is its own batch by default; these tests stack same-shape
     matrices as a GPU does, so the batched path is what they compare with the references
     (test_cpu_default_does_not_stack covers the CPU default)."""
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     monkeypatch.setattr(factored, "CPU_STACK_MAX_NUMEL", factored.STACK_MAX_NUMEL)
 
@@ -473,7 +473,7 @@ _BATCH_CASES = [
 @pytest.mark.parametrize("case", _BATCH_CASES, ids=lambda c: f"{c[0]}-{sorted(c[1].items())}")
 def test_batched_and_single_paths_match_reference(case: Any, foreach: bool, stack_max: int | None,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     if stack_max is not None:  # every matrix alone (the large-matrix path)
         monkeypatch.setattr(factored, "STACK_MAX_NUMEL", stack_max)
@@ -489,9 +489,20 @@ def test_batched_and_single_paths_match_reference(case: Any, foreach: bool, stac
         np.testing.assert_allclose(o, expected, rtol=RTOL, atol=ATOL, err_msg=f"param {i} {_BATCH_SHAPES[i]}")
 
 
-def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = False, **kw: Any) -> Any:
-    """H-Fac as ``factored_momentum`` + the fused ``scale_by_hfac``, or + the three composed
-    transforms it stands for (same state keys, so checkpoints move between the two)."""
+@pytest.mark.parametrize("case", _BATCH_CASES, ids=lambda c: f"{c[0]}-{sorted(c[1].items())}")
+def test_reference_rules_match_reference(case: Any) -> None:
+    # The transforms' own update (hamopt.fast off): the per-tensor rule, against NumPy too.
+    from hamopt.fast import reference_only
+
+    with reference_only():
+        _check_batch_case(case)
+
+
+def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = False, legacy: bool = False,
+                **kw: Any) -> Any:
+    """H-Fac as ``scale_by_hfac`` with its ``factored_momentum``, or as the three transforms it
+    stands for (same state keys, so checkpoints move between the two). ``legacy``: the 0.1
+    composition, ``factored_momentum`` as a transform of its own before the others."""
     from hamopt.core.optimizer import ChainedOptimizer
     from hamopt.transforms import (
         add_decayed_weights,
@@ -508,10 +519,14 @@ def _hfac_chain(params: Any, foreach: bool, fused: bool, momentum_first: bool = 
     d.update(kw)
     head = [scale_by_ema(key="m", corrected=True)] if momentum_first else []
     rows = True  # vectors and scalars on their 1 x n view, as HFac runs them
-    middle = ([scale_by_hfac(0.5, vectors_as_rows=rows)] if fused
-              else [scale_by_factored_rms(vectors_as_rows=rows), clip_by_rms(), add_normalized_factored_momentum(0.5)])
-    return ChainedOptimizer(params, d, [*head, factored_momentum(vectors_as_rows=rows), *middle,
-                                        add_decayed_weights(), scale_by_learning_rate()], foreach=foreach)
+    mom = None if legacy else factored_momentum(vectors_as_rows=rows)
+    middle = ([scale_by_hfac(0.5, vectors_as_rows=rows, momentum=mom)] if fused
+              else [scale_by_factored_rms(vectors_as_rows=rows), clip_by_rms(),
+                    add_normalized_factored_momentum(0.5, momentum=mom)])
+    if legacy:
+        middle.insert(0, factored_momentum(vectors_as_rows=rows))
+    return ChainedOptimizer(params, d, [*head, *middle, add_decayed_weights(), scale_by_learning_rate()],
+                            foreach=foreach)
 
 
 @pytest.mark.parametrize("momentum_first", [False, True])
@@ -526,6 +541,18 @@ def test_scale_by_hfac_equals_the_composed_transforms(foreach: bool, clip: float
     for i, (u, v, x) in enumerate(zip(a, b, xs)):
         if x.size:
             assert not np.allclose(u, x)
+        np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_old_composition_with_a_standalone_factored_momentum_still_works(fused: bool) -> None:
+    # 0.1's chain(factored_momentum(), scale_by_hfac()) (the terms handed on through
+    # ctx.scratch): deprecated, and the same rule as the momentum owned by the reshaper.
+    xs, grads = _batch_data(12)
+    with pytest.warns(DeprecationWarning, match="factored_momentum"):
+        a = _run_skips(lambda ps: _hfac_chain(ps, True, fused, legacy=True), xs, grads)
+    b = _run_skips(lambda ps: _hfac_chain(ps, True, fused), xs, grads)
+    for i, (u, v) in enumerate(zip(a, b)):
         np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")
 
 
@@ -551,7 +578,7 @@ def test_scale_by_hfac_state_loads_into_the_composed_chain() -> None:
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-11, atol=1e-13)
 
 
-def test_scale_by_hfac_needs_factored_momentum_and_checks_clip_threshold() -> None:
+def test_scale_by_hfac_without_momentum_needs_factored_momentum_and_checks_clip_threshold() -> None:
     from hamopt.core.optimizer import ChainedOptimizer
     from hamopt.transforms import scale_by_hfac
 
@@ -576,8 +603,10 @@ def test_vector_layouts_of_momentum_and_second_moment_must_agree(fused: bool) ->
 
     v = torch.nn.Parameter(torch.zeros(5))
     d = dict(betas=(0.9, 0.99), eps=1e-30, clip_threshold=1.0, corrected=True)
-    second = [scale_by_hfac()] if fused else [scale_by_factored_rms(), add_normalized_factored_momentum()]
-    opt = ChainedOptimizer([v], d, [factored_momentum(vectors_as_rows=True), *second])
+    mom = factored_momentum(vectors_as_rows=True)
+    second = ([scale_by_hfac(momentum=mom)] if fused
+              else [scale_by_factored_rms(), add_normalized_factored_momentum(momentum=mom)])
+    opt = ChainedOptimizer([v], d, second)
     v.grad = torch.ones(5)
     with pytest.raises(RuntimeError, match="vectors_as_rows"):
         opt.step()
@@ -636,7 +665,8 @@ def test_scale_by_clipped_factored_rms_equals_the_composed_transforms(foreach: b
 def test_phi_psi_reshapers_match_reference(reshapers: tuple[str, str], foreach: bool, blocks: bool,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from hamopt.core.optimizer import ChainedOptimizer
-    from hamopt.transforms import factored, factored_momentum, scale_by_factored_phi_psi, scale_by_learning_rate
+    from hamopt.fast import factored
+    from hamopt.transforms import factored_momentum, scale_by_factored_phi_psi, scale_by_learning_rate
 
     if blocks:
         monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 8)
@@ -647,8 +677,9 @@ def test_phi_psi_reshapers_match_reference(reshapers: tuple[str, str], foreach: 
     xs, grads = _batch_data(15)
     out = _run_skips(lambda ps: ChainedOptimizer(
         ps, dict(lr=0.01, beta=0.9),
-        [factored_momentum(hp="beta", index=None, corrected_decay=False, scale_by_beta=True),
-         scale_by_factored_phi_psi(ours[phi], ours[psi]), scale_by_learning_rate()], foreach=foreach), xs, grads)
+        [scale_by_factored_phi_psi(ours[phi], ours[psi], momentum=factored_momentum(
+            hp="beta", index=None, corrected_decay=False, scale_by_beta=True)),
+         scale_by_learning_rate()], foreach=foreach), xs, grads)
     for i, (o, x, g) in enumerate(zip(out, xs, grads)):
         if x.size == 0:
             assert o.shape == x.shape
@@ -671,7 +702,7 @@ def _check_batch_case(case: Any) -> None:
 def test_accelerator_reduction_branch_matches_reference(case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # On CUDA the row and column sums are plain sums (exact under TF32), on the CPU products
     # with a vector; run the accelerator branch here so both are checked against the reference.
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     monkeypatch.setattr(factored, "_reduce_by_matmul", lambda x: False)
     _check_batch_case(case)
@@ -683,7 +714,7 @@ def test_accelerator_reduction_branch_matches_reference(case: Any, monkeypatch: 
 def test_cpu_row_blocks_match_reference(case: Any, stack: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # On the CPU the sign reshapers work on large matrices in blocks of rows; a block size of
     # 8 entries cuts every matrix here into blocks of one or two rows.
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     monkeypatch.setattr(factored, "CPU_BLOCK_NUMEL", 8)
     if not stack:
@@ -696,7 +727,7 @@ def test_cpu_default_does_not_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the CPU default no gradient stack is made, and the result equals the batched run."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from hamopt.transforms import factored
+    from hamopt.fast import factored
 
     class Calls(TorchDispatchMode):
         def __init__(self) -> None:

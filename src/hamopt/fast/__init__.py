@@ -11,9 +11,11 @@ with its reference over many steps, parameters and every state tensor.
 - :mod:`.adam`  ``ScaleByAdam`` with its denominator and ratio in pooled buffers (CPU pieces)
 - :mod:`.ams`   ``ApplyAmsUpdate`` fused (merged multiplies, pooled temporaries); ``ScaleByAms``'s
   mask temporary in a pooled buffer (CPU pieces)
+- :mod:`.factored` the factored family (H-Fac paper): batches, CPU reductions and row blocks,
+  and the fused Adafactor and H-Fac directions
 """
 
 from ..core.transform import fast_paths, reference_only
-from . import adam, ams
+from . import adam, ams, factored
 
-__all__ = ["adam", "ams", "fast_paths", "reference_only"]
+__all__ = ["adam", "ams", "factored", "fast_paths", "reference_only"]

@@ -83,8 +83,8 @@ class AdafactorM(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold),
-            # scale_by_clipped_factored_rms() is chain(scale_by_factored_rms(), clip_by_rms())
-            # in fewer passes over memory
+            # scale_by_clipped_factored_rms() is chain(scale_by_factored_rms(), clip_by_rms()) as
+            # one transform (its fast path clips in fewer passes over memory)
             chain(scale_by_ema(corrected=True), scale_by_clipped_factored_rms(),
                   apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
@@ -121,8 +121,9 @@ class SignFSGD(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, beta=beta, weight_decay=weight_decay, corrected=corrected),
-            chain(factored_momentum(hp="beta", index=None, corrected_decay=False, scale_by_beta=True),
-                  scale_by_factored_sign(), apply_decayed_update()),
+            chain(scale_by_factored_sign(momentum=factored_momentum(hp="beta", index=None, corrected_decay=False,
+                                                                    scale_by_beta=True)),
+                  apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 
@@ -157,9 +158,9 @@ class LionFactor(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, weight_decay=weight_decay),
-            chain(factored_momentum(hp="betas", index=0, state_index=1, corrected_decay=False,
-                                    scale_by_beta=False),
-                  scale_by_factored_sign(), apply_decayed_update()),
+            chain(scale_by_factored_sign(momentum=factored_momentum(hp="betas", index=0, state_index=1,
+                                                                    corrected_decay=False, scale_by_beta=False)),
+                  apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 
@@ -208,11 +209,13 @@ class HFac(ChainedOptimizer):
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clip_threshold=clip_threshold,
                  corrected=corrected),
-            # scale_by_hfac(0.5) is chain(scale_by_factored_rms(), clip_by_rms(),
-            # add_normalized_factored_momentum(0.5)) in fewer passes over memory
-            chain(factored_momentum(hp="betas", index=0, corrected_decay=True, scale_by_beta=True,
-                                    vectors_as_rows=True),
-                  scale_by_hfac(0.5, vectors_as_rows=True), apply_decayed_update()),
+            # scale_by_hfac(0.5, momentum=m) is chain(scale_by_factored_rms(), clip_by_rms(),
+            # add_normalized_factored_momentum(0.5, momentum=m)) as one transform (its fast path
+            # writes the direction in two passes over memory)
+            chain(scale_by_hfac(0.5, vectors_as_rows=True,
+                                momentum=factored_momentum(hp="betas", index=0, corrected_decay=True,
+                                                           scale_by_beta=True, vectors_as_rows=True)),
+                  apply_decayed_update()),
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )
 
