@@ -99,7 +99,7 @@ CASES = _cases()
 LAYOUTS: dict[str, dict[str, Any]] = {
     "cpu": {},
     "stacked-blocks": {"CPU_STACK_MAX_NUMEL": 1 << 22, "CPU_BLOCK_NUMEL": 64, "chunk": 0},
-    "plain-sums": {"_reduce_by_matmul": lambda x: False},
+    "plain-sums": {"reduce_by_matmul": lambda x: False},  # hamopt.core.reductions' switch
 }
 LAYOUT_CASES = [(fp, n, lay) for fp, n in CASES
                 for lay in (LAYOUTS if fp.update.__module__ == "hamopt.fast.factored" else ["cpu"])]
@@ -114,12 +114,13 @@ def test_every_fast_path_is_exercised_by_some_optimizer() -> None:
                          ids=[f"{fp.name}-{n}-{lay}" for fp, n, lay in LAYOUT_CASES])
 def test_fast_path_equals_its_reference(fp: T.FastPath, name: str, layout: str,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from hamopt.core import reductions
     from hamopt.fast import factored
 
     settings = dict(LAYOUTS[layout])
     chunk = settings.pop("chunk", 500)
     for attr, value in settings.items():
-        monkeypatch.setattr(factored, attr, value)
+        monkeypatch.setattr(reductions if attr == "reduce_by_matmul" else factored, attr, value)
     calls = []
     counted = dataclasses.replace(fp, update=lambda t, ctx, u: (calls.append(1), fp.update(t, ctx, u))[1])
     monkeypatch.setitem(T._FAST, fp.reference, [counted if x is fp else x for x in T._FAST[fp.reference]])

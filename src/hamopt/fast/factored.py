@@ -46,7 +46,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import ops
+from ..core import ops, reductions
+from ..core.reductions import (
+    holds_squares,
+    row_col_sums,
+    row_sums_of_squares,
+    scaled_row_sums_of_squares,
+    vector_sums,
+)
 from ..core.transform import FastPath, StepContext, Transform, register_fast_path
 from ..transforms.common import rms_clip_
 from ..transforms.factored import (
@@ -76,69 +83,6 @@ Stacks = dict[tuple[int, ...], Tensor]
 Terms = tuple[list[tuple[tuple[int, ...], Tensor, Tensor]], dict[int, Tensor]]
 
 
-# ---------------------------------------------------------------------------- reductions
-def _reduce_by_matmul(x: Tensor) -> bool:
-    """Whether reductions along rows use a product with a vector: on the CPU, where it is
-    several times faster than ``sum(dim=-2)``; elsewhere plain sums, exact whatever the
-    TF32 matmul setting (tests switch this to cover both branches on the CPU)."""
-    return x.device.type == "cpu" and x.dtype.is_floating_point
-
-
-def row_col_sums(x: Tensor, square: bool = False, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Row sums ``X 1_n`` and column sums ``X^T 1_m`` of a matrix ``X`` (``m x n``) or of a
-    stack of them (``k x m x n``, giving ``k x m`` and ``k x n``); of ``X^2`` with ``square=True``.
-
-    On the CPU, column sums are a product with ``1_m`` (``sum(dim=-2)`` and
-    ``vector_norm(dim=-2)`` are several times slower there) and with ``square=True`` the
-    squares are first written to ``out`` (a tensor of ``x``'s shape that the caller owns;
-    :func:`holds_squares` tells it whether ``out`` now holds ``X^2``). Elsewhere the sums are
-    plain reductions (``vector_norm`` for squares: one read, no write), exact whatever the
-    TF32 matmul setting on CUDA. Zero-size matrices give zero sums.
-    """
-    if square and not _reduce_by_matmul(x):
-        return (torch.linalg.vector_norm(x, dim=-1).square_(),
-                torch.linalg.vector_norm(x, dim=-2).square_())
-    if square:
-        x = torch.mul(x, x, out=out) if out is not None else x * x
-    rows = x.sum(dim=-1)
-    if _reduce_by_matmul(x):
-        cols = torch.matmul(x.new_ones(x.shape[-2]), x)
-    else:
-        cols = x.sum(dim=-2)
-    return rows, cols
-
-
-def holds_squares(x: Tensor) -> bool:
-    """Whether ``row_col_sums(x, square=True, out=buf)`` leaves ``X^2`` in ``buf``."""
-    return _reduce_by_matmul(x)
-
-
-def row_sums_of_squares(x: Tensor) -> Tensor:
-    """``X^2 1_n`` of a matrix ``X`` (``m x n``) or of a stack (``k x m x n``, giving ``k x m``),
-    without a temporary."""
-    return torch.linalg.vector_norm(x, dim=-1).square_()
-
-
-def scaled_row_sums_of_squares(x: Tensor, w: Tensor, squares: Tensor | None = None,
-                               out: Tensor | None = None) -> Tensor:
-    """``sum_j (X_ij w_j)^2`` per row of a matrix ``X`` (``m x n``) and a vector ``w`` (``n``),
-    or of stacks of them (``k x m x n`` and ``k x n``, giving ``k x m``).
-
-    Given ``squares = X^2`` (kept on the CPU, see :func:`holds_squares`) it is one product
-    ``X^2 w^2``; otherwise ``X w^T`` is written to ``out`` (which the caller owns) and its
-    row norms are taken.
-    """
-    if squares is not None:
-        return torch.matmul(squares, (w * w).unsqueeze(-1)).squeeze(-1)
-    y = torch.mul(x, w.unsqueeze(-2), out=out) if out is not None else x * w.unsqueeze(-2)
-    return row_sums_of_squares(y)
-
-
-def vector_sums(v: Tensor) -> Tensor:
-    """``1^T r`` of a vector ``r`` (or of each row of a stack ``k x m``, kept as ``k x 1``)."""
-    return v.sum(dim=-1, keepdim=True)
-
-
 #: On the CPU, the phi/psi reshaper works on matrices with more entries than this in blocks
 #: of rows of about this many entries: both arguments of a block and their images stay in
 #: cache and the result is written once, where whole-matrix passes would stream an
@@ -152,7 +96,7 @@ def _row_blocks(x: Tensor) -> list[slice] | None:
     """Row slices of a matrix (or a ``k x m x n`` stack) for blockwise CPU passes, or ``None``
     for whole-matrix passes (other devices, and matrices of at most :data:`CPU_BLOCK_NUMEL`)."""
     m, n = x.shape[-2], x.shape[-1]
-    if m < 2 or m * n <= CPU_BLOCK_NUMEL or not _reduce_by_matmul(x):
+    if m < 2 or m * n <= CPU_BLOCK_NUMEL or not reductions.reduce_by_matmul(x):
         return None
     step = max(1, CPU_BLOCK_NUMEL // max(n, 1))
     return [slice(i, min(i + step, m)) for i in range(0, m, step)]

@@ -51,6 +51,15 @@ from torch import Tensor
 
 from ..core import ops
 from ..core import validation as V
+
+# the reductions this module exported in 0.1 (the fast paths use them; the rules here do not)
+from ..core.reductions import (  # noqa: F401
+    holds_squares,
+    row_col_sums,
+    row_sums_of_squares,
+    scaled_row_sums_of_squares,
+    vector_sums,
+)
 from ..core.transform import ELEMENT, TENSOR, StepContext, Transform, as_matrix, is_matrix_like, state_like
 from .common import ClipByRms, corrected_decay
 
@@ -72,19 +81,6 @@ __all__ = [
     "scale_by_hfac",
     "scale_by_rms",
 ]
-
-#: The reductions this module exported before the fast paths moved to :mod:`hamopt.fast.factored`
-#: (still importable from here).
-_MOVED = ("holds_squares", "row_col_sums", "row_sums_of_squares", "scaled_row_sums_of_squares", "vector_sums")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from ..fast import factored as fast
-
-        return getattr(fast, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 #: ``ctx.scratch`` key under which :class:`FactoredMomentum` leaves its terms for a reshaper.
 MOMENTUM_TERMS = "factored_momentum_terms"
