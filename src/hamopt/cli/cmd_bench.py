@@ -18,7 +18,7 @@ DESCRIPTION = (
     "LLaMA on the standard library's source), tune each optimizer's learning rate on a small grid "
     "(chosen on validation), repeat with seeds, judge the source papers' claims with paired statistics "
     "over seeds, and write report.md (summary first) with PNG plots and results.json. "
-    "With no arguments: the quick suite, about 5-7 minutes on 2 idle CPU cores."
+    "With no arguments: the quick suite, about 2 minutes on 2 idle CPU cores."
 )
 
 
