@@ -159,7 +159,7 @@ class Claim:
 
 H_FAC = "seed 000 (H-Fac; Nguyen, Chen, Liu and Liu)"
 CLAIMS: tuple[Claim, ...] = (
-    Claim("H-Fac beats Adafactor without momentum at the same sublinear memory (section 5.1)", H_FAC,
+    Claim("H-Fac beats Adafactor without momentum, both in sublinear memory (section 5.1)", H_FAC,
           "hfac", "adafactor_m0", "matrix", "better"),
     Claim("H-Fac is competitive with Adafactor with momentum (section 5.1)", H_FAC,
           "hfac", "adafactor_m", "matrix", "not worse"),
