@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from typing import Any
 
 import pytest
 import torch
@@ -106,22 +107,29 @@ def _composite_and_reference() -> tuple[nn.Module, torch.optim.Optimizer, nn.Mod
     return a, comp, b, refs
 
 
+def _step_both(a: nn.Module, comp: torch.optim.Optimizer, sched: Any, b: nn.Module,
+               refs: list[torch.optim.Optimizer], ref_scheds: list[Any], step: int) -> None:
+    """One step of the composite on ``a`` and of the separate optimizers on ``b``, each
+    followed by its scheduler."""
+    comp.zero_grad()
+    _loss(a, step).backward()
+    comp.step()
+    sched.step()
+    for o in refs:
+        o.zero_grad()
+    _loss(b, step).backward()
+    for o, s in zip(refs, ref_scheds):
+        o.step()
+        s.step()
+
+
 def test_equals_separate_optimizers_with_per_group_schedules() -> None:
     a, comp, b, refs = _composite_and_reference()
     lam = lambda s: 1.0 / (1 + s)  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(comp, lam)
     ref_scheds = [torch.optim.lr_scheduler.LambdaLR(o, lam) for o in refs]
     for step in range(5):
-        comp.zero_grad()
-        _loss(a, step).backward()
-        comp.step()
-        sched.step()
-        for o in refs:
-            o.zero_grad()
-        _loss(b, step).backward()
-        for o, s in zip(refs, ref_scheds):
-            o.step()
-            s.step()
+        _step_both(a, comp, sched, b, refs, ref_scheds, step)
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), n
     assert [g["lr"] for g in comp.param_groups] == pytest.approx([3e-3 / 6, 1e-4 / 6, 1e-2 / 6, 1e-2 / 6])
@@ -143,16 +151,7 @@ def test_momentum_cycling_schedulers_equal_separate_optimizers(kind: str) -> Non
     sched, ref_scheds = make(comp), [make(o) for o in refs]
     assert "betas" in comp.defaults and "lr" in comp.defaults
     for step in range(6):
-        comp.zero_grad()
-        _loss(a, step).backward()
-        comp.step()
-        sched.step()
-        for o in refs:
-            o.zero_grad()
-        _loss(b, step).backward()
-        for o, s in zip(refs, ref_scheds):
-            o.step()
-            s.step()
+        _step_both(a, comp, sched, b, refs, ref_scheds, step)
         ref_groups = [g for o in refs for g in o.param_groups]
         assert [g["lr"] for g in comp.param_groups] == [g["lr"] for g in ref_groups]
         assert [g["betas"] for g in comp.param_groups] == [g["betas"] for g in ref_groups]
