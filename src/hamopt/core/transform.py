@@ -126,8 +126,9 @@ class StepContext:
     leaves: list[Tensor] | None = None
     workspace: Workspace = field(default=PLAIN, repr=False)
     _owned: list[Tensor] | None = field(default=None, repr=False)
-    # Per-step scratch shared by the transforms of one chain (the factored transforms still
-    # hand results on through it; being retired, see CONTRIBUTING).
+    # Per-step scratch shared by the transforms of one chain. No named optimizer uses it; only
+    # the deprecated 0.1 composition chain(factored_momentum(), reshaper) still hands its terms
+    # on through it (with a DeprecationWarning). New transforms must not (see CONTRIBUTING).
     scratch: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def state(self, key: str) -> list[Any]:
