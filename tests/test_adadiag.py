@@ -613,7 +613,7 @@ def test_batched_rotation_equals_per_matrix_and_reference(monkeypatch, two_sided
 def test_large_matrices_are_rotated_one_by_one(monkeypatch):
     """Matrices above BATCH_MAX_NUMEL keep one mm each (stacking them would cost more
     bandwidth than the launches it saves); the result is the same."""
-    from hamopt.transforms import adadiag as mod
+    from hamopt.fast import adadiag as mod
 
     w0s, grads = _data([(4, 6)] * 3, steps=6, seed=9)
     _, batched = run_torch(lambda ps: hamopt.AdaDiag(ps, lr=0.01, svd_interval=3), w0s, grads, 6)

@@ -92,17 +92,27 @@ def _cases() -> list[tuple[T.FastPath, str]]:
 
 CASES = _cases()
 
-#: How the factored family's fast paths may run (:mod:`hamopt.fast.factored`): as on the CPU
-#: by default; with same-shape matrices stacked into batches and large matrices cut into row
-#: blocks of 64 entries, the bucket whole (not in pieces, so same-shape matrices meet); with
-#: the plain sums an accelerator uses instead of CPU products.
-LAYOUTS: dict[str, dict[str, Any]] = {
-    "cpu": {},
-    "stacked-blocks": {"CPU_STACK_MAX_NUMEL": 1 << 22, "CPU_BLOCK_NUMEL": 64, "chunk": 0},
-    "plain-sums": {"reduce_by_matmul": lambda x: False},  # hamopt.core.reductions' switch
+#: How fast paths with layouts of their own may run, by module (``"cpu"`` for the others:
+#: CPU pieces of 500 elements). The factored family's (:mod:`hamopt.fast.factored`): as on the
+#: CPU by default; with same-shape matrices stacked into batches and large matrices cut into
+#: row blocks of 64 entries, the bucket whole (not in pieces, so same-shape matrices meet); with
+#: the plain sums an accelerator uses instead of CPU products. The SVD rotation's
+#: (:mod:`hamopt.fast.adadiag`): CPU pieces (pooled buffers, one matrix per piece); the bucket
+#: whole, so the two 40 x 30 matrices are rotated as one batch (``bmm`` on stacks); per-tensor
+#: loops (``foreach=False``) on CPU pieces.
+LAYOUTS: dict[str, dict[str, dict[str, Any]]] = {
+    "hamopt.fast.factored": {
+        "cpu": {},
+        "stacked-blocks": {"CPU_STACK_MAX_NUMEL": 1 << 22, "CPU_BLOCK_NUMEL": 64, "chunk": 0},
+        "plain-sums": {"reduce_by_matmul": lambda x: False},  # hamopt.core.reductions' switch
+    },
+    "hamopt.fast.adadiag": {
+        "cpu": {},
+        "batched": {"chunk": 0, "expect_bmm": True},
+        "per-tensor": {"foreach": False},
+    },
 }
-LAYOUT_CASES = [(fp, n, lay) for fp, n in CASES
-                for lay in (LAYOUTS if fp.update.__module__ == "hamopt.fast.factored" else ["cpu"])]
+LAYOUT_CASES = [(fp, n, lay) for fp, n in CASES for lay in LAYOUTS.get(fp.update.__module__, {"cpu": {}})]
 
 
 def test_every_fast_path_is_exercised_by_some_optimizer() -> None:
@@ -117,8 +127,13 @@ def test_fast_path_equals_its_reference(fp: T.FastPath, name: str, layout: str,
     from hamopt.core import reductions
     from hamopt.fast import factored
 
-    settings = dict(LAYOUTS[layout])
+    settings = dict(LAYOUTS.get(fp.update.__module__, {}).get(layout, {}))
     chunk = settings.pop("chunk", 500)
+    foreach = settings.pop("foreach", True)
+    bmms: list[int] | None = [] if settings.pop("expect_bmm", False) else None
+    if bmms is not None:
+        real_bmm = torch.bmm
+        monkeypatch.setattr(torch, "bmm", lambda *a, **k: (bmms.append(1), real_bmm(*a, **k))[1])
     for attr, value in settings.items():
         monkeypatch.setattr(reductions if attr == "reduce_by_matmul" else factored, attr, value)
     calls = []
@@ -135,7 +150,7 @@ def test_fast_path_equals_its_reference(fp: T.FastPath, name: str, layout: str,
     runs = []
     for reference in (False, True):
         ps = [torch.nn.Parameter(x.clone()) for x in init]
-        opt = _create(name, ps, lr=1e-2, **kw)
+        opt = _create(name, ps, lr=1e-2, **kw, **({} if foreach else {"foreach": False}))
         opt.cpu_chunk_numel = chunk
         gg = torch.Generator().manual_seed(1)
         for _ in range(25):
@@ -150,7 +165,11 @@ def test_fast_path_equals_its_reference(fp: T.FastPath, name: str, layout: str,
         if not reference:
             assert calls, f"{fp.name} never ran for {name}"
             n = len(calls)
+            if bmms is not None:
+                assert bmms, f"{fp.name} never batched for {name}"
+                nb = len(bmms)
     assert len(calls) == n  # none while reference_only
+    assert bmms is None or len(bmms) == nb  # the reference never batches
     _assert_same_runs(runs)
 
 

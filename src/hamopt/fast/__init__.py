@@ -8,6 +8,8 @@ CPU pieces); :meth:`~hamopt.core.transform.Transform.run` picks them automatical
 reference it implements; ``tests/test_fast_paths.py`` compares every registered fast path
 with its reference over many steps, parameters and every state tensor.
 
+- :mod:`.adadiag` ``ScaleBySvdRotation`` (AdaDiag's SVD rotation): same-shape matrices rotated in
+  batches (``bmm`` on stacks), the products in the step's pooled buffers
 - :mod:`.adam`  ``ScaleByAdam`` with its denominator and ratio in pooled buffers (CPU pieces)
 - :mod:`.ams`   ``ApplyAmsUpdate`` fused (merged multiplies, pooled temporaries); ``ScaleByAms``'s
   mask temporary in a pooled buffer (CPU pieces)
@@ -16,6 +18,6 @@ with its reference over many steps, parameters and every state tensor.
 """
 
 from ..core.transform import fast_paths, reference_only
-from . import adam, ams, factored
+from . import adadiag, adam, ams, factored
 
-__all__ = ["adam", "ams", "factored", "fast_paths", "reference_only"]
+__all__ = ["adadiag", "adam", "ams", "factored", "fast_paths", "reference_only"]

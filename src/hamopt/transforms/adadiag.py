@@ -64,23 +64,19 @@ Conventions fixed here (the paper leaves them open):
   SVD. If that fails too, or if the gradient itself is not finite, the previous basis is
   kept (the identity before the first refresh) and a ``RuntimeWarning`` is issued once
   per transform.
-* **Batching** (``foreach=True``). The rotations of matrices that share a shape and a
-  basis layout and have at most ``BATCH_MAX_NUMEL`` elements are done with one ``bmm``
-  per side on stacked tensors instead of one ``mm`` per matrix (a GPU launch each). The
-  stacks cost two extra passes over those matrices, which pays for small matrices (launch
-  bound) and not for large ones (an embedding), which keep one ``mm`` each. The batched
-  and the per-matrix paths compute the same products (equal to rounding).
 * **CPU pieces.** The rotation needs whole matrices and nothing across them, so its
   granularity is ``TENSOR`` (``BUCKET`` if the inner transform's is): on the CPU the
   optimizer steps it a matrix (or a group of small tensors) at a time, so a matrix's
-  rotated gradient, moments and update stay in cache, and the rotation's products write
-  into buffers from the step's pool (:meth:`StepContext.take`), reused by the next piece.
-  On LLaMA-60M shapes (2 threads) that took the plain step from 1157 ms to 902 ms in the
-  same rounds; the float32 products themselves take about 700 ms of it.
+  rotated gradient, moments and update stay in cache.
+* **How it runs.** :meth:`ScaleBySvdRotation.update` is the rule one tensor at a time, to
+  be read. The fast path ``hamopt.fast.adadiag.ROTATION_BATCHED`` computes the same rule
+  with ``foreach=True`` or on CPU pieces: same-shape matrices rotated with one ``bmm`` per
+  side on stacks, the products written into buffers from the step's pool (reused by the
+  next piece). The two agree to rounding (``tests/test_fast_paths.py``).
 
 The basis computation, the basis completion and the two rotations are the only places that
-need the whole matrix: :func:`_svd_bases`, :func:`_eigh_bases`, :func:`_rotate`,
-:func:`_rotate_back` and their batched forms.
+need the whole matrix: :func:`_svd_bases`, :func:`_eigh_bases`, :func:`rotate_in` and
+:func:`rotate_back`.
 
 * **FSDP2** (``DTensor`` shards, SPEC section 4). A refresh gathers the gradient; every rank
   decomposes the whole matrix, all keep the old basis if any rank failed, and the first
@@ -96,7 +92,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -125,10 +121,6 @@ ROTATION_DEFAULTS: dict[str, Any] = dict(
 #: The basis methods (see the module docstring).
 BASIS_METHODS = ("eigh", "svd")
 
-#: Matrices with at most this many elements are rotated in batches of equal shapes (with
-#: ``foreach=True``): the stacking copies cost about as much as a launch for ~2M elements.
-BATCH_MAX_NUMEL = 1 << 21
-
 
 def rotation_mode(shape: Sequence[int], two_sided: bool, max_precond_dim: int) -> tuple[bool, bool]:
     """Which bases a parameter of ``shape`` keeps: ``(left, right)``.
@@ -154,26 +146,18 @@ def rotation_mode(shape: Sequence[int], two_sided: bool, max_precond_dim: int) -
 
 
 # ---------------------------------------------------------------------- whole-matrix helpers
-def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None, take: Callable[[Tensor], Tensor]) -> Tensor:
-    """``L^T G R`` (either factor may be absent; ``mm``, or ``bmm`` on stacks), written into
-    buffers from ``take`` (a :meth:`StepContext.take`): a tensor the caller owns.
+def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+    """``L^T G R`` of a matrix (either factor may be absent), a new tensor.
 
     A sharded ``G`` (DTensor, with replicated bases) is multiplied by DTensor's own ``mm``,
     which picks the communication (for row shards: ``G R`` is local, ``L^T G`` a partial
     product per rank, reduce-scattered), and the result is laid out like ``G``."""
-    if sharding.is_sharded(g):
-        out = g
-        if left is not None:
-            out = torch.mm(left.mT, out)
-        if right is not None:
-            out = torch.mm(out, right)
-        return sharding.like(out, g)
-    mm = torch.bmm if g.dim() == 3 else torch.mm
+    out = g
     if left is not None:
-        g = mm(left.mT, g, out=take(g))
+        out = torch.mm(left.mT, out)
     if right is not None:
-        g = mm(g, right, out=take(g))
-    return g
+        out = torch.mm(out, right)
+    return sharding.like(out, g)
 
 
 #: Safety factor of the rounding floor of a rotation (:func:`_drop_rounding_`) over the largest
@@ -222,9 +206,15 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Ten
     return x.masked_fill_(y <= (tau * cu).square(), 0.0)  # |x| <= c u (norms), in scaled squares
 
 
-def _rotate_back(u: Tensor, left: Tensor | None, right: Tensor | None, take: Callable[[Tensor], Tensor]) -> Tensor:
+def rotate_in(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+    """``G~ = L^T G R`` with the entries below the rotation's rounding floor set to zero
+    (:func:`_drop_rounding_`): the rotated gradient the inner transform sees."""
+    return _drop_rounding_(_rotate(g, left, right), left, right)
+
+
+def rotate_back(u: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
     """``L U R^T`` (either factor may be absent), like :func:`_rotate`."""
-    return _rotate(u, None if left is None else left.mT, None if right is None else right.mT, take)
+    return _rotate(u, None if left is None else left.mT, None if right is None else right.mT)
 
 
 def _canonical_signs(b: Tensor) -> Tensor:
@@ -459,86 +449,43 @@ class ScaleBySvdRotation(Transform):
 
     # ------------------------------------------------------------------ the step
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        """The rule, one tensor at a time: the reference (``hamopt.fast.adadiag`` batches it)."""
+        bases = self.bases(ctx, updates)  # (P, Q) per tensor after any refresh; None: not rotated
+
+        def into_basis(xs: list[Tensor]) -> list[Tensor]:  # G~ = P^T G Q, the rounding floor zeroed
+            return [x if b is None else rotate_in(x, *b) for x, b in zip(self.views(ctx, xs), bases)]
+
+        rotated = into_basis(updates)
+        grads = list(rotated) if updates is ctx.grads else into_basis(ctx.grads)
+        sub = ctx.seen_as(self.views(ctx, ctx.params), grads)
+        inner = self.inner.run(sub, rotated)  # U~ = inner(G~), its state in the rotated space
+        out = [u if b is None else rotate_back(u, *b) for u, b in zip(inner, bases)]  # U = P U~ Q^T
+        out = [u if u.shape == p.shape else u.reshape(p.shape) for u, p in zip(out, ctx.params)]
+        # A tensor rotated back is new; the others are the inner transform's.
+        return ctx.fresh(out) if sub.owns(inner) or all(b is not None for b in bases) else out
+
+    def views(self, ctx: StepContext, xs: Sequence[Tensor]) -> list[Tensor]:
+        """``xs`` (one tensor per parameter) as the rotation and its inner transform see them:
+        the matrix view of a parameter that has a basis, the tensor itself otherwise."""
+        return [x if s.get(LEFT) is None and s.get(RIGHT) is None else as_matrix(x)
+                for x, s in zip(xs, ctx.states)]
+
+    def bases(self, ctx: StepContext, updates: list[Tensor]) -> list[tuple[Tensor | None, Tensor | None] | None]:
+        """Each parameter's bases ``(P, Q)`` for this step (``None`` for an absent side), or
+        ``None`` where it is not rotated (no basis, or before ``first_svd_step``). At
+        ``first_svd_step`` and every ``svd_interval`` steps after it the bases are first
+        recomputed from the update's matrix view (:meth:`_refresh`, in place)."""
         group = ctx.group
-        interval = int(self._hp(group, "svd_interval"))
-        first = self._first(group)
-        steps = _host_steps(ctx.steps)
-        same = updates is ctx.grads
-        foreach = ctx.foreach
-        rot_u: list[Tensor] = list(updates)
-        rot_g: list[Tensor] = rot_u if same else list(ctx.grads)
-        mats: list[Tensor] = list(ctx.params)
-        # The rotated parameters in batches of equal (shape, left?, right?); one bucket has
-        # one dtype and one device. A key (i,) is a batch of one (plain mm).
-        batches: dict[tuple[Any, ...], list[int]] = {}
-        for i, s in enumerate(ctx.states):
+        interval, first = int(self._hp(group, "svd_interval")), self._first(group)
+        out: list[tuple[Tensor | None, Tensor | None] | None] = []
+        for u, s, t in zip(updates, ctx.states, _host_steps(ctx.steps)):
             left, right = s.get(LEFT), s.get(RIGHT)
-            if left is None and right is None:
-                continue
-            u = rot_u[i] = as_matrix(updates[i])
-            mats[i] = as_matrix(mats[i])
-            if not same:
-                rot_g[i] = as_matrix(rot_g[i])
-            t = steps[i]
-            if t < first:
+            if (left is None and right is None) or t < first:
+                out.append(None)
                 continue
             if t == first or t % interval == 0:
-                self._refresh(s, u, group)
-            if foreach and u.numel() <= BATCH_MAX_NUMEL and not sharding.is_sharded(u):
-                key: tuple[Any, ...] = (u.shape, left is None, right is None)
-            else:
-                key = (i,)
-            batches.setdefault(key, []).append(i)
-
-        states = ctx.states
-        take = ctx.take
-        rotated: list[tuple[list[int], Tensor | None, Tensor | None, Tensor | None]] = []
-        for idx in batches.values():
-            if len(idx) == 1:
-                i = idx[0]
-                left, right = states[i].get(LEFT), states[i].get(RIGHT)
-                rot_u[i] = _drop_rounding_(_rotate(rot_u[i], left, right, take), left, right)
-                if not same:
-                    rot_g[i] = _drop_rounding_(_rotate(rot_g[i], left, right, take), left, right)
-                rotated.append((idx, left, right, None))
-                continue
-            s0 = states[idx[0]]
-            lb = torch.stack([states[i][LEFT] for i in idx]) if LEFT in s0 else None
-            rb = torch.stack([states[i][RIGHT] for i in idx]) if RIGHT in s0 else None
-            ru = _drop_rounding_(_rotate(torch.stack([rot_u[i] for i in idx]), lb, rb, take), lb, rb)
-            for i, r in zip(idx, ru.unbind(0)):
-                rot_u[i] = r
-            if not same:
-                rg = _drop_rounding_(_rotate(torch.stack([rot_g[i] for i in idx]), lb, rb, take), lb, rb)
-                for i, r in zip(idx, rg.unbind(0)):
-                    rot_g[i] = r
-            rotated.append((idx, lb, rb, ru))
-        if same:
-            rot_g = list(rot_u)
-        all_active = sum(len(idx) for idx in batches.values()) == len(updates)
-
-        sub = ctx.seen_as(mats, rot_g)
-        if all_active and not same:
-            sub.fresh(rot_u)  # every tensor was allocated here and aliases nothing else
-        inner_out = self.inner.run(sub, rot_u)
-        inner_owned = sub._owned is inner_out
-
-        out = list(inner_out)
-        for idx, lb, rb, ru in rotated:
-            if ru is None:
-                out[idx[0]] = _rotate_back(out[idx[0]], lb, rb, take)
-                continue
-            # An inner transform that worked in place on the rotated views hands back the
-            # batch itself: no second stack.
-            u = ru if all(out[i] is rot_u[i] for i in idx) else torch.stack([out[i] for i in idx])
-            for i, d in zip(idx, _rotate_back(u, lb, rb, take).unbind(0)):
-                out[i] = d
-        params = ctx.params
-        for i, d in enumerate(out):
-            if d.dim() != params[i].dim():  # the matrix view of a tensor with 3+ dims
-                out[i] = d.reshape(params[i].shape)
-        if inner_owned or all_active:
-            return ctx.fresh(out)
+                self._refresh(s, as_matrix(u), group)
+            out.append((left, right))
         return out
 
     # ------------------------------------------------------------------ the refresh
