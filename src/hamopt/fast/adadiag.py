@@ -90,19 +90,19 @@ def _update(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tenso
         if len(idx) == 1:
             i = idx[0]
             left, right = states[i].get(LEFT), states[i].get(RIGHT)
-            rot_u[i] = _drop_rounding_(_rotate_into(rot_u[i], left, right, take), left, right)
+            rot_u[i] = _drop_rounding_(_rotate_into(rot_u[i], left, right, take), left, right, take)
             if not same:
-                rot_g[i] = _drop_rounding_(_rotate_into(rot_g[i], left, right, take), left, right)
+                rot_g[i] = _drop_rounding_(_rotate_into(rot_g[i], left, right, take), left, right, take)
             rotated.append((idx, left, right, None))
             continue
         s0 = states[idx[0]]
         lb = torch.stack([states[i][LEFT] for i in idx]) if LEFT in s0 else None
         rb = torch.stack([states[i][RIGHT] for i in idx]) if RIGHT in s0 else None
-        ru = _drop_rounding_(_rotate_into(torch.stack([rot_u[i] for i in idx]), lb, rb, take), lb, rb)
+        ru = _drop_rounding_(_rotate_into(torch.stack([rot_u[i] for i in idx]), lb, rb, take), lb, rb, take)
         for i, r in zip(idx, ru.unbind(0)):
             rot_u[i] = r
         if not same:
-            rg = _drop_rounding_(_rotate_into(torch.stack([rot_g[i] for i in idx]), lb, rb, take), lb, rb)
+            rg = _drop_rounding_(_rotate_into(torch.stack([rot_g[i] for i in idx]), lb, rb, take), lb, rb, take)
             for i, r in zip(idx, rg.unbind(0)):
                 rot_g[i] = r
         rotated.append((idx, lb, rb, ru))

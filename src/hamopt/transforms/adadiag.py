@@ -92,7 +92,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -166,9 +166,12 @@ def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
 ROUNDING_FLOOR = 8.0
 
 
-def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None,
+                    take: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Set the entries of a rotated gradient ``x = L^T G R`` that lie below the rounding floor
     of the rotation to exactly zero, in place (``x`` a matrix or a stack of matrices).
+    ``take`` (a workspace's, for fast paths) gives the two temporaries, ``|x|`` and the mask;
+    the result is the same either way.
 
     An orthogonal rotation computed in precision ``u`` (``finfo(x.dtype).eps``) makes an error
     of about ``u`` times the norm of what each output entry combines: the column of ``G``
@@ -191,7 +194,8 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Ten
     # Norms of x / max|x| (per matrix), so squares neither overflow (|x| > 1e19 in float32) nor
     # underflow; a reduction along the last dim or a plain sum over dim -2, both fast (the
     # strided vector_norm over dim -2 is ~25x slower on the CPU).
-    y = x.abs()
+    pooled = take is not None and not sharding.is_sharded(x)
+    y = torch.abs(x, out=take(x)) if pooled else x.abs()  # type: ignore[misc]
     big = y.amax(dim=(-2, -1), keepdim=True)
     big = torch.where(big > 0, big, torch.ones_like(big))
     y = (y / big).square_() if sharding.is_sharded(y) else y.div_(big).square_()  # (x / max|x|)^2
@@ -203,7 +207,11 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Ten
         tau = y.sum(dim=-2, keepdim=True).sqrt()
     else:
         tau = y.sum(dim=-1, keepdim=True).sqrt()
-    return x.masked_fill_(y <= (tau * cu).square(), 0.0)  # |x| <= c u (norms), in scaled squares
+    floor = (tau * cu).square()  # |x| <= c u (norms), in scaled squares
+    if pooled:
+        like = torch.zeros((), dtype=torch.bool, device=x.device).expand(x.shape)
+        return x.masked_fill_(torch.le(y, floor, out=take(like)), 0.0)  # type: ignore[misc]
+    return x.masked_fill_(y <= floor, 0.0)
 
 
 def rotate_in(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
