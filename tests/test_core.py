@@ -376,13 +376,14 @@ def test_take_reuses_a_buffer_given_back_within_the_step_only() -> None:
 
 
 @pytest.mark.parametrize("name, takes", [("hfac", 1), ("adafactor_m", 1), ("signfsgd", 1), ("lionfactor", 1),
-                                         ("cadamw", 2), ("clion", 1), ("adadiag", 3), ("adafacdiag", 3),
-                                         ("adadiag++@1", 5)])
+                                         ("cadamw", 2), ("clion", 1), ("adadiag", 5), ("adafacdiag", 5),
+                                         ("adadiag++@1", 7)])
 def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Four same-shape matrices, one per piece: every piece after the first reuses the update
-    # buffer the previous piece gave back (AdaDiag: its rotated gradient, the inner Adam's
-    # denominator and the rotated-back update). Results must equal the whole-bucket step
+    # buffer the previous piece gave back (AdaDiag: its rotated gradient, the rounding floor's
+    # |x| and mask, the inner Adam's denominator and the rotated-back update). Results must
+    # equal the whole-bucket step
     # exactly (there AdaDiag rotates the four with one batched product per side).
     from hamopt.core.engine.pieces import StepPool
     from hamopt.fast import factored
