@@ -383,8 +383,8 @@ def test_cpu_pieces_reuse_buffers_and_match_whole_bucket(name: str, takes: int,
     # Four same-shape matrices, one per piece: every piece after the first reuses the update
     # buffer the previous piece gave back (AdaDiag: its rotated gradient, the rounding floor's
     # |x| and mask, the inner Adam's denominator and the rotated-back update). Results must
-    # equal the whole-bucket step
-    # exactly (there AdaDiag rotates the four with one batched product per side).
+    # equal the whole-bucket step exactly (there AdaDiag rotates the four with one batched
+    # product per side).
     from hamopt.core.engine.pieces import StepPool
     from hamopt.fast import factored
 
