@@ -211,20 +211,19 @@ def param_groups(
         Up to two groups, decayed first, each ``{"params", "param_names", ...}``; the group
         without decay has ``weight_decay=0.0``.
     """
+    return _module_groups(model, True, weight_decay, no_decay, decay_embeddings, include_frozen, group_options)
+
+
+def _module_groups(model: nn.Module, filter_bias_and_norm: bool, weight_decay: float | None,
+                   no_decay: Iterable[str | type[nn.Module]] = (), decay_embeddings: bool = True,
+                   include_frozen: bool = False, group_options: dict[str, Any] | None = None
+                   ) -> list[dict[str, Any]]:
+    """:func:`param_groups`, or one group when not ``filter_bias_and_norm`` (what
+    ``hamopt.create(name, model)`` passes to the optimizer, see :func:`hamopt.create`)."""
     infos = inspect_model(model, no_decay=no_decay, decay_embeddings=decay_embeddings,
                           include_frozen=include_frozen)
     if not infos:
         raise ValueError(f"model {type(model).__name__} has no trainable parameter")
-    return _split(infos, weight_decay, True, group_options)
-
-
-def _module_groups(model: nn.Module, filter_bias_and_norm: bool, weight_decay: float | None,
-                   no_decay: Iterable[str | type[nn.Module]] = (), decay_embeddings: bool = True
-                   ) -> list[dict[str, Any]]:
-    """What ``hamopt.create(name, model)`` passes to the optimizer (see :func:`hamopt.create`)."""
-    infos = inspect_model(model, no_decay=no_decay, decay_embeddings=decay_embeddings)
-    if not infos:
-        raise ValueError(f"model {type(model).__name__} has no trainable parameter")
-    return _split(infos, weight_decay, filter_bias_and_norm, {})
+    return _split(infos, weight_decay, filter_bias_and_norm, group_options or {})
 
 
