@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 
 from ..core import ops
-from ..core.transform import FastPath, StepContext, Transform, register_fast_path, state_like
-from ..transforms.ams import ApplyAmsUpdate, ScaleByAms, _affine, misalign_, sign_swap_
+from ..core.transform import FastPath, StepContext, Transform, register_fast_path
+from ..transforms.ams import ApplyAmsUpdate, ScaleByAms, _affine, ema_signal, misalign_, sign_swap_
 from ..transforms.common import ScaleByAdam
+from .adam import pooled_ratio
 
 __all__ = ["AMS_FUSED", "POOLED_MASK"]
 
@@ -59,24 +60,10 @@ def _ams_update(t: Transform, ctx: StepContext, grads: list[Tensor]) -> list[Ten
     b3 = t.betas(group)[2]
     # Adam's ratio without its final scalar k0 (ScaleByAdam's arithmetic).
     m, v, sbc2 = _ADAM.moments(ctx, grads)
-    eps = ops.uniform([group["eps"] * s for s in sbc2])
-    if ctx.workspace.pooled:
-        take = ctx.workspace.take
-        denom = [torch.sqrt(x, out=take(x)) for x in v]
-        ops.add_(denom, eps, f)
-        u = [torch.div(a, d, out=d) for a, d in zip(m, denom)]
-    else:
-        denom = ops.sqrt(v, f)
-        ops.add_(denom, eps, f)
-        u = list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
+    u = pooled_ratio(ctx, m, v, sbc2) if ctx.workspace.pooled else _ADAM.ratio(ctx, m, v, sbc2)
     k0 = _ADAM.final_scale(ctx, sbc2)
     # The sign signal s and the mask (its factor k left for the merged multiply).
-    s = grads
-    if b3 != 0.0:
-        for st, p in zip(ctx.states, params):
-            if t.key not in st:  # b3 switched on after the first step
-                st[t.key] = state_like(p, group)
-        s = ops.lerp_(ctx.state(t.key), grads, 1.0 - b3, f)
+    s = ema_signal(ctx, t.key, b3, grads)
     k: list[Tensor] | None = None
     if lam == -1.0 and b3 == 0.0:
         sign_swap_(u, s, f)

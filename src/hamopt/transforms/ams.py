@@ -159,6 +159,18 @@ def misalign_(us: list[Tensor], products: list[Tensor], lam: float, foreach: boo
     return factors
 
 
+def ema_signal(ctx: StepContext, key: str, b3: float, grads: list[Tensor]) -> list[Tensor]:
+    """AMS's sign signal on lists of tensors: ``grads`` when ``b3 = 0``, else the buffer
+    ``state[key]`` after ``s = b3 s + (1-b3) g`` (created at zero where ``b3`` was switched on
+    after the first step)."""
+    if b3 == 0.0:
+        return grads
+    for st, p in zip(ctx.states, ctx.params):
+        if key not in st:  # b3 switched on after the first step
+            st[key] = state_like(p, ctx.group)
+    return ops.lerp_(ctx.state(key), grads, 1.0 - b3, ctx.foreach)
+
+
 def _ams_granularity(lam: float, b3: float) -> str:
     # Adam (lam = 1) and Grams (lam = -1, b3 = 0) have factor 1: element by element.
     return ELEMENT if lam == 1.0 or (lam == -1.0 and b3 == 0.0) else TENSOR
@@ -364,15 +376,7 @@ class ScaleByAms(Transform):
 
     def signal(self, ctx: StepContext) -> list[Tensor]:
         """``s``: the gradients (``b3 = 0``), or the sign buffer after this step's EMA."""
-        b3 = self.b3(ctx.group)
-        if b3 == 0.0:
-            return ctx.grads
-        for s, p in zip(ctx.states, ctx.params):
-            if self.key not in s:  # b3 switched on after the first step
-                s[self.key] = state_like(p, ctx.group)
-        buf = ctx.state(self.key)
-        ops.lerp_(buf, ctx.grads, 1.0 - b3, ctx.foreach)
-        return buf
+        return ema_signal(ctx, self.key, self.b3(ctx.group), ctx.grads)
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         lam, f = self.lam(ctx.group), ctx.foreach

@@ -100,23 +100,24 @@ class ScaleByAdam(Transform):
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
         m, v, sbc2 = self.moments(ctx, updates)
+        out = self.ratio(ctx, m, v, sbc2)
+        return ctx.fresh(ops.mul_(out, self.final_scale(ctx, sbc2), ctx.foreach))
+
+    @staticmethod
+    def ratio(ctx: StepContext, m: list[Tensor], v: list[Tensor], sbc2: list[Any]) -> list[Tensor]:
+        """Fresh ``m / (sqrt(v) + eps sqrt(1-b2^t))``: Adam's direction before its positive
+        scalar :meth:`final_scale`."""
         f = ctx.foreach
         denom = ops.sqrt(v, f)
         # One Python scalar when every parameter has the same step count (the usual case):
         # a single-scalar kernel instead of a scalar-list one.
         ops.add_(denom, ops.uniform([ctx.group["eps"] * s for s in sbc2]), f)
-        out = list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
-        return ctx.fresh(self._scale(ctx, out, self.final_scale(ctx, sbc2)))
+        return list(torch._foreach_div(m, denom)) if f else [a / d for a, d in zip(m, denom)]
 
     def final_scale(self, ctx: StepContext, sbc2: list[Any]) -> Any:
         """``sqrt(1-b2^t) / (1-b1^t)`` per parameter (one number when all are equal)."""
         bc1 = bias_correction(ctx.group["betas"][0], ctx.steps)
         return ops.uniform([s / b for s, b in zip(sbc2, bc1)])
-
-    def _scale(self, ctx: StepContext, out: list[Tensor], k: Any) -> list[Tensor]:
-        """Apply the positive per-parameter scalar ``k = sqrt(1-b2^t) / (1-b1^t)``
-        (a subclass may leave it to a later transform that multiplies anyway)."""
-        return ops.mul_(out, k, ctx.foreach)
 
     def __repr__(self) -> str:
         return f"scale_by_adam(amsgrad={self.amsgrad})"
