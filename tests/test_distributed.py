@@ -83,9 +83,7 @@ def _rank_main(rank: int, worker, out: str, world: int) -> None:  # type: ignore
         error = traceback.format_exc()
     gc.collect()  # the worker's frame and any cycle holding a Reducer go while the group lives
     if error is None:
-        torch.save(results, f"{out}.{rank}")
-        del results
-        gc.collect()
+        torch.save(results, f"{out}.{rank}")  # tensors only: nothing in it holds the group
     dist.destroy_process_group()
     if error is not None:
         raise RuntimeError(f"rank {rank} of {world} failed:\n{error}")
