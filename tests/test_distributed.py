@@ -3,10 +3,10 @@
 Under DDP every rank holds the whole parameter and the averaged gradient, so each optimizer
 must give exactly the single-process result on the full batch (SPEC section 4). Under FSDP2
 (``fully_shard``) each rank holds a block of rows (a ``DTensor`` shard) of every parameter,
-gradient and state tensor: element-wise optimizers need nothing more; AdaDiag's SVD bases
-are computed from the whole matrix (gathered) and kept replicated; transforms with other
-whole-tensor statistics (factored moments, cautious masks) run on gathered tensors. Either
-way the sharded run must equal the single-process one.
+gradient and state tensor: element-wise optimizers need nothing more; transforms with
+whole-matrix statistics (AdaDiag's SVD bases, factored moments, cautious masks) run on
+gathered tensors, their statistics whole on every rank. Either way the sharded run must
+equal the single-process one.
 """
 
 from __future__ import annotations
@@ -140,15 +140,15 @@ def test_ddp_equals_single_process_full_batch(tmp_path) -> None:  # type: ignore
 # ---------------------------------------------------------------------------- FSDP2
 try:
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 except ImportError:  # pragma: no cover - torch without FSDP2
     fully_shard = None  # type: ignore[assignment]
 
-#: Trained under fully_shard. On shards as they are: element-wise optimizers, a wrapper that
-#: copies tensors (Lookahead) and AdaDiag (its SVD bases from the whole matrix, refreshed
-#: every 2 steps). On gathered tensors: the factored family (row and column statistics),
-#: AdafacDiag (a rotation around Adafactor), C-AdamW and AMS (per-tensor mask counts; AMS's
-#: sign buffer is switched on after two steps, so it is created mid-run and must be sharded).
+#: Trained under fully_shard. On shards as they are: element-wise optimizers and a wrapper that
+#: copies tensors (Lookahead). On gathered tensors: the AdaDiag family (SVD bases of the whole
+#: matrix, refreshed every 2 steps), the factored family (row and column statistics), C-AdamW
+#: and AMS (per-tensor mask counts; AMS's sign buffer is switched on after two steps, so it is
+#: created mid-run and must be sharded).
 FSDP_NAMES = ["adamw_variant", "lion", "grams", "lookahead", "adadiag", "adadiag++",
               "hfac", "adafactor_m", "signfsgd", "lionfactor", "adafacdiag", "adafacdiag++", "cadamw", "ams"]
 FSDP_KW: dict[str, dict] = {"adadiag": dict(svd_interval=2), "adadiag++": dict(svd_interval=2),
@@ -226,7 +226,7 @@ def _fed_run(kw: dict, mesh=None, name: str = "adadiag",  # type: ignore[no-unty
             p.grad = put(gr)
         opt.step()
     whole = [p.detach().full_tensor() if mesh is not None else p.detach() for p in ps]
-    bases = [b.to_local() if mesh is not None else b for p in ps for k, b in sorted(opt.state[p].items())
+    bases = [b.to_local() if isinstance(b, DTensor) else b for p in ps for k, b in sorted(opt.state[p].items())
              if k.startswith("basis_")]
     return whole, bases
 
@@ -274,7 +274,7 @@ def test_fsdp2_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyp
         (w0, b0), (w1, b1) = ranks[0][f"fed:{key}"], ranks[1][f"fed:{key}"]
         assert len(b0) == len(single_bases) > 0
         for a, c, s in zip(b0, b1, single_bases):
-            assert torch.equal(a, c), f"{key}: the replicated bases differ between ranks"
+            assert torch.equal(a, c), f"{key}: the bases differ between ranks"
             torch.testing.assert_close(a, s, rtol=1e-12, atol=1e-13)
         for a, c, s in zip(w0, w1, single):
             assert torch.equal(a, c)
@@ -287,8 +287,8 @@ def test_fsdp2_equals_single_process(tmp_path) -> None:  # type: ignore[no-untyp
     assert sharded and all(sharded), "AMS's sign buffer, created mid-run, is not a DTensor shard"
 
 
-#: HSDP: a 2 x 2 mesh (replicate x shard), so the bases' agreement and broadcast run over both
-#: mesh dimensions; one optimizer on shards as they are, one on gathered tensors.
+#: HSDP: a 2 x 2 mesh (replicate x shard), so the gathers run over both mesh dimensions; AdaDiag
+#: and H-Fac run on gathered tensors (AdamW beside them in the FSDP2 test on shards as they are).
 HSDP_NAMES = ["adadiag", "hfac"]
 
 

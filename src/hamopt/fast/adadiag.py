@@ -29,9 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import sharding
 from ..core.transform import FastPath, StepContext, Transform, register_fast_path
-from ..transforms.adadiag import LEFT, RIGHT, ScaleBySvdRotation, _drop_rounding_, _rotate
+from ..transforms.adadiag import LEFT, RIGHT, ScaleBySvdRotation, _drop_rounding_
 
 __all__ = ["BATCH_MAX_NUMEL", "ROTATION_BATCHED"]
 
@@ -42,9 +41,7 @@ BATCH_MAX_NUMEL = 1 << 21
 
 def _rotate_into(g: Tensor, left: Tensor | None, right: Tensor | None, take: Callable[[Tensor], Tensor]) -> Tensor:
     """``L^T G R`` (``mm``, or ``bmm`` on ``k x m x n`` stacks with stacked bases), written into
-    buffers from ``take``: a tensor the caller owns. A sharded ``G`` as the reference does it."""
-    if sharding.is_sharded(g):
-        return _rotate(g, left, right)
+    buffers from ``take``: a tensor the caller owns."""
     mm = torch.bmm if g.dim() == 3 else torch.mm
     if left is not None:
         g = mm(left.mT, g, out=take(g))
@@ -77,7 +74,7 @@ def _update(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tenso
         if b is None:
             continue
         u = rot_u[i]
-        if ctx.foreach and u.numel() <= BATCH_MAX_NUMEL and not sharding.is_sharded(u):
+        if ctx.foreach and u.numel() <= BATCH_MAX_NUMEL:
             key: tuple[Any, ...] = (u.shape, b[0] is None, b[1] is None)
         else:
             key = (i,)

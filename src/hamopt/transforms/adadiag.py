@@ -78,14 +78,12 @@ The basis computation, the basis completion and the two rotations are the only p
 need the whole matrix: :func:`_svd_bases`, :func:`_eigh_bases`, :func:`rotate_in` and
 :func:`rotate_back`.
 
-* **FSDP2** (``DTensor`` shards, SPEC section 4). A refresh gathers the gradient; every rank
-  decomposes the whole matrix, all keep the old basis if any rank failed, and the first
-  rank's basis is broadcast. The bases are replicated DTensors; the rotations are
-  DTensor products (for row shards ``G R`` is local and ``L^T G`` a per-rank partial
-  product, reduce-scattered) laid out like the gradient again, so the inner transform's
-  state stays sharded. The rotation therefore runs on shards as they are
-  (:meth:`ScaleBySvdRotation.on_shards`) when its inner transform does; around Adafactor
-  the optimizer runs the whole chain on gathered tensors instead.
+* **FSDP2** (``DTensor`` shards, SPEC section 4). The bases are statistics of the whole
+  matrix, so the rotation declares nothing finer than ``TENSOR`` and does not run on shards
+  (:meth:`~hamopt.core.transform.Transform.on_shards` is ``False``): the engine gathers each
+  matrix, its gradient and its state, runs this rule on the whole tensors exactly as one
+  process would, and keeps each rank's rows (:mod:`hamopt.core.engine.gathered`). The bases
+  are whole on every rank, computed there from the same gathered gradient.
 """
 
 from __future__ import annotations
@@ -98,7 +96,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import sharding
 from ..core import validation as V
 from ..core.transform import TENSOR, Chain, StepContext, Transform, as_matrix, coarsest
 from .common import AddDecayedWeights
@@ -147,17 +144,13 @@ def rotation_mode(shape: Sequence[int], two_sided: bool, max_precond_dim: int) -
 
 # ---------------------------------------------------------------------- whole-matrix helpers
 def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
-    """``L^T G R`` of a matrix (either factor may be absent), a new tensor.
-
-    A sharded ``G`` (DTensor, with replicated bases) is multiplied by DTensor's own ``mm``,
-    which picks the communication (for row shards: ``G R`` is local, ``L^T G`` a partial
-    product per rank, reduce-scattered), and the result is laid out like ``G``."""
+    """``L^T G R`` of a matrix (either factor may be absent), a new tensor."""
     out = g
     if left is not None:
         out = torch.mm(left.mT, out)
     if right is not None:
         out = torch.mm(out, right)
-    return sharding.like(out, g)
+    return out
 
 
 #: Safety factor of the rounding floor of a rotation (:func:`_drop_rounding_`) over the largest
@@ -194,11 +187,11 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None,
     # Norms of x / max|x| (per matrix), so squares neither overflow (|x| > 1e19 in float32) nor
     # underflow; a reduction along the last dim or a plain sum over dim -2, both fast (the
     # strided vector_norm over dim -2 is ~25x slower on the CPU).
-    pooled = take is not None and not sharding.is_sharded(x)
+    pooled = take is not None
     y = torch.abs(x, out=take(x)) if pooled else x.abs()  # type: ignore[misc]
     big = y.amax(dim=(-2, -1), keepdim=True)
     big = torch.where(big > 0, big, torch.ones_like(big))
-    y = (y / big).square_() if sharding.is_sharded(y) else y.div_(big).square_()  # (x / max|x|)^2
+    y = y.div_(big).square_()  # (x / max|x|)^2
     if left is not None and right is not None:
         rows = y.sum(dim=-1, keepdim=True)
         total = rows.sum(dim=-2, keepdim=True)
@@ -431,12 +424,10 @@ class ScaleBySvdRotation(Transform):
         if left or right:
             mat = as_matrix(param)
             m, n = mat.shape
-            # A sharded parameter's bases are whole on every rank (replicated DTensors).
-            device = sharding.local(param).device
             if left:
-                state[LEFT] = sharding.replicated(torch.eye(m, dtype=param.dtype, device=device), param)
+                state[LEFT] = torch.eye(m, dtype=param.dtype, device=param.device)
             if right:
-                state[RIGHT] = sharding.replicated(torch.eye(n, dtype=param.dtype, device=device), param)
+                state[RIGHT] = torch.eye(n, dtype=param.dtype, device=param.device)
             self.inner.init(mat, state, group)
         else:
             self.inner.init(param, state, group)
@@ -444,11 +435,6 @@ class ScaleBySvdRotation(Transform):
     def granularity(self, group: Mapping[str, Any]) -> str:
         # A rotation needs its whole matrix; matrices are independent of each other.
         return coarsest(TENSOR, self.inner.granularity(group))
-
-    def on_shards(self, group: Mapping[str, Any]) -> bool:
-        # The rotation gathers and reduces across ranks itself (module docstring); whether the
-        # whole can run on shards is up to the inner transform (Adam yes, Adafactor no).
-        return self.inner.on_shards(group)
 
     def children(self) -> Sequence[Transform]:
         # A chain's own state_keys repeat its members'; listing the members (not the chain)
@@ -499,13 +485,7 @@ class ScaleBySvdRotation(Transform):
     # ------------------------------------------------------------------ the refresh
     @torch.compiler.disable
     def _refresh(self, state: MutableMapping[str, Any], g: Tensor, group: Mapping[str, Any]) -> None:
-        """Recompute the bases of one parameter from ``g`` (its matrix view), in place.
-
-        A sharded ``g`` is gathered first; every rank decomposes the whole matrix, all keep
-        the old basis if any rank failed, and the first rank's basis is broadcast, so the
-        replicated bases hold the same bits everywhere."""
-        shard = g
-        g = sharding.full(g)
+        """Recompute the bases of one parameter from ``g`` (its matrix view), in place."""
         old_l, old_r = state.get(LEFT), state.get(RIGHT)
         want_l, want_r = old_l is not None, old_r is not None
         m, n = g.shape
@@ -527,8 +507,6 @@ class ScaleBySvdRotation(Transform):
                     break
                 except RuntimeError as e:  # torch.linalg.LinAlgError is a RuntimeError
                     err = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not sharding.all_agree(bases is not None, shard):
-            bases, err = None, err if bases is None else "it failed on another rank"
         if bases is None:
             if not self._warned:
                 self._warned = True
@@ -539,19 +517,18 @@ class ScaleBySvdRotation(Transform):
                     stacklevel=3,
                 )
             return
-        new_l, new_r = (None if b is None else sharding.same_on_all_ranks(b, shard) for b in bases)
-        old_l, old_r = (None if b is None else sharding.local(b) for b in (old_l, old_r))
+        new_l, new_r = bases
         if self._hp(group, "rotate_momentum"):
             # M_new = Pn^T Po M Qo^T Qn (SOAP): the old moment expressed in the new basis.
             for k in self.momentum_keys:
                 buf = state.get(k)
                 if isinstance(buf, Tensor) and buf.shape == (m, n):
-                    moved = sharding.full(buf)
+                    moved = buf
                     if old_l is not None and new_l is not None:
                         moved = torch.mm(new_l.to(buf.dtype).T, torch.mm(old_l, moved))
                     if old_r is not None and new_r is not None:
                         moved = torch.mm(torch.mm(moved, old_r.T), new_r.to(buf.dtype))
-                    buf.copy_(sharding.like(moved, buf))
+                    buf.copy_(moved)
         if old_l is not None:
             old_l.copy_(new_l)
         if old_r is not None:
