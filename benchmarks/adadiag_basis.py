@@ -2,8 +2,8 @@
 
 For each distinct matrix shape of a model (LLaMA-60M by default) this times the basis
 computation of one random gradient with both methods, exactly as the rotation computes it
-(:func:`hamopt.transforms.adadiag._eigh_bases`: float64 Gram plus ``eigh``;
-:func:`~hamopt.transforms.adadiag._svd_bases`: thin SVD in float32), and reports how far each
+(:func:`hamopt.transforms.rotation._eigh_bases`: float64 Gram plus ``eigh``;
+:func:`~hamopt.transforms.rotation._svd_bases`: thin SVD in float32), and reports how far each
 basis is from the float64 SVD basis (the largest ``1 - |<b_j, b_ref_j>|`` over the columns),
 then the total per refresh over all matrices of the model::
 
@@ -23,7 +23,7 @@ import time
 import torch
 
 from hamopt.bench.shapes import model_shapes
-from hamopt.transforms.adadiag import _eigh_bases, _svd_bases, rotation_mode
+from hamopt.transforms.rotation import _eigh_bases, _svd_bases, rotation_mode
 
 
 def _sync(device: torch.device) -> None:

@@ -19,7 +19,7 @@ import torch
 
 import hamopt
 from hamopt.transforms import add_decayed_weights, chain, scale_by_adam, scale_by_learning_rate
-from hamopt.transforms.adadiag import scale_by_svd_rotation
+from hamopt.transforms.rotation import scale_by_svd_rotation
 
 # ---------------------------------------------------------------------- NumPy reference
 EPS64 = float(np.finfo(np.float64).eps)
@@ -782,7 +782,7 @@ def test_scaling_the_gradients_by_one_ulp_moves_the_run_by_rounding_only(name):
 def test_rounding_floor_neither_overflows_nor_underflows(scale):
     """The floor of a float32 full-rank gradient at any scale zeroes nothing (norms are taken of
     x / max|x|: squares of 1e30 would overflow to inf and zero the whole update)."""
-    from hamopt.transforms.adadiag import _drop_rounding_
+    from hamopt.transforms.rotation import _drop_rounding_
 
     g = torch.randn(6, 9, generator=torch.Generator().manual_seed(0)) * scale
     for left, right in ((torch.eye(6), None), (None, torch.eye(9)), (torch.eye(6), torch.eye(9))):

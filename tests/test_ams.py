@@ -487,7 +487,7 @@ def test_ams_with_tensor_lr_and_weight_decay():
 
 @pytest.mark.parametrize("foreach", [True, False])
 def test_mask_factors_exact_with_guards(foreach):
-    from hamopt.transforms.ams import _mask_factors
+    from hamopt.transforms.masks import _mask_factors
 
     # misaligned counts m of tensors of sizes d: factor d / ((d - m) + a m), 1 where that is 0
     sizes = [6, 6, 5, 0, 1, 16_000_000]
@@ -517,7 +517,7 @@ def test_step_has_no_host_device_transfer(name):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from hamopt.core.transform import StepContext
-    from hamopt.transforms.ams import ApplyAmsUpdate, ScaleByAms
+    from hamopt.transforms.masks import ApplyAmsUpdate, ScaleByAms
 
     seen: list[str] = []
 
@@ -572,7 +572,7 @@ def test_a_second_mask_on_the_ams_step_is_refused(name):
 
 @pytest.mark.parametrize("name", ["ams", "grams", "cadamw", "clion"])
 @pytest.mark.parametrize("pooled", [False, True])
-def test_no_transform_hands_anything_on_through_scratch(name, pooled):
+def test_no_transform_hands_anything_on_through_the_context(name, pooled):
     from hamopt.core.engine.pieces import StepPool
     from hamopt.core.transform import PLAIN, StepContext
 
@@ -586,8 +586,11 @@ def test_no_transform_hands_anything_on_through_scratch(name, pooled):
     ctx = StepContext(group=opt.param_groups[0], params=[p.detach() for p in ps], grads=[p.grad for p in ps],
                       states=[opt.state[p] for p in ps], steps=[2.0, 2.0], foreach=True,
                       workspace=StepPool({}) if pooled else PLAIN)
+    before = dict(vars(ctx))
     opt.transform.run(ctx, ctx.grads)
-    assert ctx.scratch == {}
+    assert not hasattr(ctx, "scratch")  # the context has no side channel
+    assert set(vars(ctx)) == set(before)  # and no transform added one
+    assert all(vars(ctx)[k] is v for k, v in before.items() if k != "_owned")
 
 
 def test_deprecated_ams_helpers_warn_and_decay_with_lr():

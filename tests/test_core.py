@@ -516,3 +516,19 @@ def test_nonfinite_skip_with_bf16_params_checks_the_raw_gradient() -> None:
     opt.step()
     assert torch.equal(p, torch.ones(4, dtype=torch.bfloat16)) and len(opt.state[p]) == 0
     assert opt.param_groups[0]["nonfinite_skipped"] == 1
+
+
+def test_the_transform_modules_old_names_still_import() -> None:
+    # Renamed on 2026-12-08 (one module per idea; the old names were the optimizer modules').
+    import importlib
+    import pickle
+
+    for old, new in [("transforms.adadiag", "transforms.rotation"), ("transforms.ams", "transforms.masks"),
+                     ("transforms.lecture", "transforms.adaptive"), ("transforms.lionk", "transforms.kernels"),
+                     ("fast.adadiag", "fast.rotation"), ("fast.ams", "fast.masks")]:
+        assert importlib.import_module(f"hamopt.{old}") is importlib.import_module(f"hamopt.{new}")
+    from hamopt.transforms.adadiag import ScaleBySvdRotation
+    from hamopt.transforms.lecture import scale_by_sophia  # noqa: F401
+
+    t = pickle.loads(pickle.dumps(ScaleBySvdRotation(hamopt.transforms.scale_by_adam())))
+    assert type(t) is ScaleBySvdRotation

@@ -97,7 +97,7 @@ CASES = _cases()
 #: CPU by default; with same-shape matrices stacked into batches and large matrices cut into
 #: row blocks of 64 entries, the bucket whole (not in pieces, so same-shape matrices meet); with
 #: the plain sums an accelerator uses instead of CPU products. The SVD rotation's
-#: (:mod:`hamopt.fast.adadiag`): CPU pieces (pooled buffers, one matrix per piece); the bucket
+#: (:mod:`hamopt.fast.rotation`): CPU pieces (pooled buffers, one matrix per piece); the bucket
 #: whole, so the two 40 x 30 matrices are rotated as one batch (``bmm`` on stacks); per-tensor
 #: loops (``foreach=False``) on CPU pieces.
 LAYOUTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -106,7 +106,7 @@ LAYOUTS: dict[str, dict[str, dict[str, Any]]] = {
         "stacked-blocks": {"CPU_STACK_MAX_NUMEL": 1 << 22, "CPU_BLOCK_NUMEL": 64, "chunk": 0},
         "plain-sums": {"reduce_by_matmul": lambda x: False},  # hamopt.core.reductions' switch
     },
-    "hamopt.fast.adadiag": {
+    "hamopt.fast.rotation": {
         "cpu": {},
         "batched": {"chunk": 0, "expect_bmm": True},
         "per-tensor": {"foreach": False},
@@ -240,7 +240,7 @@ AMS_CASES.append(dict(betas=(0.9, 0.99), misaligned_scale=-1.0,
 @pytest.mark.parametrize("chunk", [0, 500], ids=["whole", "pieces"])
 @pytest.mark.parametrize("kw", AMS_CASES, ids=[f"case{i}" for i in range(len(AMS_CASES))])
 def test_ams_fused_equals_its_reference(kw: dict, chunk: int, foreach: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hamopt.fast.ams import AMS_FUSED
+    from hamopt.fast.masks import AMS_FUSED
 
     _compare(lambda ps: hamopt.AMS(ps, **{"lr": 1e-2, **kw}, foreach=foreach), chunk, AMS_FUSED, monkeypatch)
 
@@ -249,7 +249,7 @@ def test_ams_fused_equals_its_reference(kw: dict, chunk: int, foreach: bool, mon
 @pytest.mark.parametrize("mask", ["scale_by_ams", "scale_by_cautious", "scale_by_grams"])
 def test_pooled_mask_equals_its_reference(mask: str, foreach: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     from hamopt import transforms as tr
-    from hamopt.fast.ams import POOLED_MASK
+    from hamopt.fast.masks import POOLED_MASK
 
     defaults = dict(lr=1e-2, betas=(0.9, 0.99, 0.5), eps=1e-8, weight_decay=0.1, misaligned_scale=0.3)
     _compare(lambda ps: hamopt.ChainedOptimizer(

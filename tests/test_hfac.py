@@ -556,6 +556,49 @@ def test_the_old_composition_with_a_standalone_factored_momentum_still_works(fus
         np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13, err_msg=f"param {i}")
 
 
+def test_the_old_composition_is_rewired_when_the_chain_is_built() -> None:
+    # No side channel: chain() gives the standalone first moment to the reshaper after it,
+    # which then owns it (state keys, hyperparameters), and drops it from the members.
+    from hamopt.transforms import add_normalized_factored_momentum as add_nfm
+    from hamopt.transforms import chain, clip_by_rms, factored_momentum, scale_by_factored_rms, scale_by_hfac
+
+    mom = factored_momentum()
+    with pytest.warns(DeprecationWarning, match="pass the momentum to the reshaper"):
+        c = chain(mom, scale_by_factored_rms(), clip_by_rms(), add_nfm(0.5))
+    assert mom not in c.transforms and len(c.transforms) == 3
+    assert c.transforms[-1].momentum is mom
+    assert set(mom.state_keys) <= set(c.state_keys)
+    own = scale_by_hfac(momentum=factored_momentum())  # one that owns its moment takes nothing:
+    with pytest.raises(ValueError, match="State key 'mom_row' is used by both"):  # two first moments
+        chain(factored_momentum(), own)
+
+
+def test_a_reshaper_without_its_first_moment_is_a_clear_error() -> None:
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import scale_by_factored_sign, scale_by_learning_rate
+
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    opt = ChainedOptimizer([p], dict(lr=0.1, betas=(0.9, 0.99)), [scale_by_factored_sign(), scale_by_learning_rate()])
+    p.grad = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match=r"needs its first moment: pass momentum=factored_momentum"):
+        opt.step()
+
+
+def test_a_standalone_first_moment_keeps_its_state_and_changes_no_update() -> None:
+    from hamopt.core.optimizer import ChainedOptimizer
+    from hamopt.transforms import factored_momentum, scale_by_learning_rate
+
+    p = torch.nn.Parameter(torch.zeros(3, 4))
+    opt = ChainedOptimizer([p], dict(lr=0.5, betas=(0.9, 0.99)), [factored_momentum(), scale_by_learning_rate()])
+    g = torch.randn(3, 4)
+    p.grad = g.clone()
+    with pytest.warns(DeprecationWarning, match="changes no update"):
+        opt.step()
+    torch.testing.assert_close(p.detach(), -0.5 * g)  # the gradient step, nothing else
+    # one step of u = b_t u + (1 - b_t) g_r from zero, with b_1 = 0 (the bias-corrected decay)
+    torch.testing.assert_close(opt.state[p]["mom_row"], g.mean(dim=1))
+
+
 def test_scale_by_hfac_state_loads_into_the_composed_chain() -> None:
     # same state keys: a checkpoint of HFac resumes in the composed chain and vice versa
     xs, grads = _batch_data(13)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import hamopt
-import hamopt.transforms.lecture as TL
+import hamopt.transforms.adaptive as TL
 from hamopt import AdaMod, DiffGrad, Lookahead, Ranger, SignSGD, Sophia, scale_lr, with_centralization
 
 DT = torch.float64

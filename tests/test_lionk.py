@@ -15,7 +15,7 @@ import torch
 
 import hamopt
 from hamopt.transforms import make_kernel
-from hamopt.transforms.lionk import UserKernel
+from hamopt.transforms.kernels import UserKernel
 
 SHAPES = [(4, 6), (2, 3, 2, 2), (5,), ()]
 

@@ -39,7 +39,7 @@ from .optim.adadiag import AdaDiag, AdafacDiag
 from .optim.ams import CAdamW
 from .optim.hfac import AdafactorM, AdamWVariant, LionFactor
 from .optim.lecture import AdaMod, DiffGrad, SignSGD
-from .transforms.adadiag import rotation_mode
+from .transforms.rotation import rotation_mode
 
 __all__ = [
     "OptimizerInfo",

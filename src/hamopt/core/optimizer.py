@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import sharding
 from . import validation as V
 from .engine import Engine
+from .engine.nonfinite import find_nonfinite
 from .transform import Chain, Transform
 
 __all__ = ["ChainedOptimizer", "ParamsT", "enable_stochastic_rounding", "init_wrapper_hooks", "set_nonfinite"]
@@ -148,21 +148,9 @@ class ChainedOptimizer(torch.optim.Optimizer):
         if not checked:
             return set()
         groups = self.param_groups
-        flags: list[tuple[int, int, Tensor]] = []  # (group, index in the group, all finite)
         for i in checked:
             V.check_choice("nonfinite", groups[i]["nonfinite"], NONFINITE)
-            for j, p in enumerate(groups[i]["params"]):
-                if p.grad is not None:
-                    g = sharding.local(p.grad)
-                    flags.append((i, j, torch.isfinite(g.coalesce().values() if g.is_sparse else g).all()))
-        dev = flags[0][2].device if flags else None
-        fine = torch.stack([f.to(dev) for *_, f in flags]).tolist() if flags else []  # the one sync
-        bad = [(i, j) for (i, j, _), ok in zip(flags, fine) if not ok]
-        skipped = {i for i, _ in bad}
-        for i in checked:  # FSDP2: every rank must take the same decision
-            ref = next((p for p in groups[i]["params"] if sharding.is_sharded(p)), None)
-            if ref is not None and not sharding.all_agree(i not in skipped, ref):
-                skipped.add(i)
+        bad, skipped = find_nonfinite(groups, checked)
         for i in checked:
             if i not in skipped or groups[i]["nonfinite"] != "raise":
                 continue

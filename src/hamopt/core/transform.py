@@ -126,10 +126,6 @@ class StepContext:
     leaves: list[Tensor] | None = None
     workspace: Workspace = field(default=PLAIN, repr=False)
     _owned: list[Tensor] | None = field(default=None, repr=False)
-    # Per-step scratch shared by the transforms of one chain. No named optimizer uses it; only
-    # the deprecated 0.1 composition chain(factored_momentum(), reshaper) still hands its terms
-    # on through it (with a DeprecationWarning). New transforms must not (see CONTRIBUTING).
-    scratch: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def state(self, key: str) -> list[Any]:
         """``[state[key] for each parameter]``."""
@@ -155,7 +151,7 @@ class StepContext:
         return self.fresh(ops.clone(updates))
 
     # The derived contexts below are copies of this one (dataclasses.replace), so they share
-    # the group, the scratch and the workspace without listing them.
+    # the group and the workspace without listing them.
     def sub(self, indices: Sequence[int]) -> StepContext:
         """A context restricted to the parameters at ``indices`` (for per-shape sub-chains)."""
         return dataclasses.replace(
@@ -170,7 +166,7 @@ class StepContext:
 
     def seen_as(self, params: list[Tensor], grads: list[Tensor]) -> StepContext:
         """The same parameters and states seen through other tensors (e.g. a rotation's
-        rotated gradients and matrix views), sharing the scratch and the workspace.
+        rotated gradients and matrix views), sharing the workspace.
         ``leaves`` are dropped (they no longer match ``params``)."""
         return dataclasses.replace(self, params=params, grads=grads, leaves=None, _owned=None)
 
@@ -262,7 +258,7 @@ class Transform:
 
         ``True`` for element-wise transforms (the default follows :meth:`granularity`): each
         rank updates its own rows. A transform that needs whole tensors may still say
-        ``True`` if it gathers or reduces across ranks itself (the SVD rotation does).
+        ``True`` if it gathers or reduces across ranks itself (none in hamopt does).
         Otherwise the optimizer runs it on gathered whole tensors, one tensor at a time
         (``TENSOR``) or the whole bucket (``BUCKET``), with the same result on every rank,
         and keeps its rows of the result: a sharded run then equals a single-process one.
@@ -306,6 +302,17 @@ class Transform:
         """Inner transforms (for chains and wrappers)."""
         return ()
 
+    def adopt(self, earlier: Sequence[Transform]) -> Transform | None:
+        """Take over a transform that comes before this one in a chain, or ``None``.
+
+        :func:`chain` asks each member in turn, passing the members before it. A transform
+        that cannot live apart from another (a reshaper and the first moment it reshapes)
+        owns it; for compositions of an older release that listed the two apart, the owner
+        returns the one it takes, and the chain drops it from its members. Nothing passes
+        between transforms during a step but the updates.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -322,6 +329,10 @@ class Chain(Transform):
                 flat.append(t)
             else:
                 raise TypeError(f"chain() takes Transform objects, got {type(t).__name__}: {t!r}")
+        for t in list(flat):
+            taken = t.adopt(tuple(flat[: next(k for k, u in enumerate(flat) if u is t)]))
+            if taken is not None:
+                flat = [u for u in flat if u is not taken]
         self.transforms: tuple[Transform, ...] = tuple(flat)
         seen: dict[str, Transform] = {}
         for t in _walk(self.transforms):

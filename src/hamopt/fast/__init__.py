@@ -8,16 +8,26 @@ CPU pieces); :meth:`~hamopt.core.transform.Transform.run` picks them automatical
 reference it implements; ``tests/test_fast_paths.py`` compares every registered fast path
 with its reference over many steps, parameters and every state tensor.
 
-- :mod:`.adadiag` ``ScaleBySvdRotation`` (AdaDiag's SVD rotation): same-shape matrices rotated in
+Each module has the name of the transform module whose rules it implements:
+
+- :mod:`.rotation` ``ScaleBySvdRotation`` (AdaDiag's SVD rotation): same-shape matrices rotated in
   batches (``bmm`` on stacks), the products in the step's pooled buffers
-- :mod:`.adam`  ``ScaleByAdam`` with its denominator and ratio in pooled buffers (CPU pieces)
-- :mod:`.ams`   ``ApplyAmsUpdate`` fused (merged multiplies, pooled temporaries); ``ScaleByAms``'s
+- :mod:`.adam`  ``ScaleByAdam`` (in :mod:`hamopt.transforms.common`) with its denominator and
+  ratio in pooled buffers (CPU pieces)
+- :mod:`.masks` ``ApplyAmsUpdate`` fused (merged multiplies, pooled temporaries); ``ScaleByAms``'s
   mask temporary in a pooled buffer (CPU pieces)
 - :mod:`.factored` the factored family (H-Fac paper): batches, CPU reductions and row blocks,
   and the fused Adafactor and H-Fac directions
+
+(Before 2026-12-08 ``rotation`` and ``masks`` were ``adadiag`` and ``ams``; those paths still import.)
 """
 
-from ..core.transform import fast_paths, reference_only
-from . import adadiag, adam, ams, factored
+import sys as _sys
 
-__all__ = ["adadiag", "adam", "ams", "factored", "fast_paths", "reference_only"]
+from ..core.transform import fast_paths, reference_only
+from . import adam, factored, masks, rotation
+
+for _old, _mod in {"adadiag": rotation, "ams": masks}.items():
+    _sys.modules[f"{__name__}.{_old}"] = _mod
+
+__all__ = ["adam", "factored", "fast_paths", "masks", "reference_only", "rotation"]

@@ -30,7 +30,7 @@ What they share:
   (pooled on CPU pieces), which first holds ``G^2`` on the CPU;
 * **one gradient stack**: a fast path that runs a first moment and a direction (the
   momentum a reshaper owns, H-Fac's two moments) stacks a batch's gradients once for all of
-  them (:data:`Stacks`, local to the call: nothing goes through ``ctx.scratch``).
+  them (:data:`Stacks`, local to the call).
 
 Measured when introduced (LLaMA-60M shapes, one CPU thread, same rounds): not stacking on
 the CPU about 10% faster; the sign reshaper's row blocks and the H-Fac closed form are what
@@ -69,7 +69,6 @@ from ..transforms.factored import (
     _binary,
     _decays,
     check_layouts,
-    handed_terms,
 )
 
 __all__ = ["CLIPPED_FACTORED_RMS", "FACTORED_PHI_PSI", "FACTORED_RMS", "HFAC",
@@ -354,13 +353,10 @@ def _batched_momentum(t: FactoredMomentum, ctx: StepContext, stacks: Stacks) -> 
 
 
 def _momentum(t: Transform, ctx: StepContext, stacks: Stacks) -> Terms:
-    """The terms of the first moment that ``t`` owns (or that a standalone one handed on)."""
-    if t.momentum is not None:  # type: ignore[attr-defined]
-        return _batched_momentum(t.momentum, ctx, stacks)  # type: ignore[attr-defined]
-    terms = handed_terms(ctx)
-    groups = [(js, _stack([terms.rows[i] for i in js]), _stack([terms.cols[i] for i in js]))
-              for js in _groups(ctx, sorted(terms.rows))]
-    return groups, terms.full
+    """The terms of the first moment that ``t`` owns."""
+    if t.momentum is None:  # type: ignore[attr-defined]
+        t.momentum_terms(ctx)  # type: ignore[attr-defined]  # raises, naming the transform
+    return _batched_momentum(t.momentum, ctx, stacks)  # type: ignore[attr-defined]
 
 
 def _check_layouts(ctx: StepContext, terms: Terms) -> None:

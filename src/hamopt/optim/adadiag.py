@@ -16,9 +16,9 @@ import torch
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..core.transform import chain
-from ..transforms.adadiag import scale_by_svd_rotation
 from ..transforms.common import apply_decayed_update, scale_by_adam, scale_by_ema
 from ..transforms.factored import scale_by_clipped_factored_rms
+from ..transforms.rotation import scale_by_svd_rotation
 
 __all__ = ["AdaDiag", "AdafacDiag"]
 
@@ -66,7 +66,7 @@ class AdaDiag(ChainedOptimizer):
         basis_method: how the SVD basis is computed: ``"eigh"`` (default), the float64
             eigenvectors of ``G G^T`` / ``G^T G``, or ``"svd"``, ``torch.linalg.svd`` in the
             state dtype. The same basis (to rounding; the module
-            :mod:`hamopt.transforms.adadiag` says why ``eigh`` is the default: several
+            :mod:`hamopt.transforms.rotation` says why ``eigh`` is the default: several
             times faster, and more accurate than a float32 SVD).
         maximize, foreach, state_dtype: see :class:`hamopt.ChainedOptimizer`.
 
@@ -75,7 +75,7 @@ class AdaDiag(ChainedOptimizer):
     Deviations and conventions: the paper leaves the SVD's sign and null-space choices
     open; we fix them so the basis is a deterministic function of the gradient, and for a
     rank-deficient gradient the null space and the rotated entries below rounding are those
-    of exact arithmetic (see :mod:`hamopt.transforms.adadiag`). The rotation applies to the matrix view of
+    of exact arithmetic (see :mod:`hamopt.transforms.rotation`). The rotation applies to the matrix view of
     tensors with more than two dims (a conv kernel as ``out x in*kh*kw``).
     """
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import torch
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
-from ..transforms.ams import apply_ams_update, scale_by_cautious
 from ..transforms.common import apply_decayed_update
-from ..transforms.lionk import L1Kernel, ScaleByLionK
+from ..transforms.kernels import L1Kernel, ScaleByLionK
+from ..transforms.masks import apply_ams_update, scale_by_cautious
 
 __all__ = ["AMS", "CAdamW", "CLion", "Grams"]
 
@@ -76,7 +76,7 @@ class AMS(ChainedOptimizer):
         super().__init__(
             params,
             dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, misaligned_scale=misaligned_scale),
-            # Algorithm 1 is one transform (transforms/ams.py); its fused version is hamopt.fast.ams.
+            # Algorithm 1 is one transform (transforms/masks.py); its fused version is hamopt.fast.masks.
             [apply_ams_update()],
             maximize=maximize, foreach=foreach, state_dtype=state_dtype,
         )

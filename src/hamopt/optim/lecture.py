@@ -34,14 +34,7 @@ from ..core import ops
 from ..core import validation as V
 from ..core.optimizer import ChainedOptimizer, ParamsT, init_wrapper_hooks
 from ..core.transform import Transform, chain
-from ..transforms.common import (
-    add_decayed_weights,
-    apply_decayed_update,
-    scale_by_ema,
-    scale_by_learning_rate,
-    scale_by_sign,
-)
-from ..transforms.lecture import (
+from ..transforms.adaptive import (
     ScaleBySophia,
     centralize,
     lookahead,
@@ -50,6 +43,13 @@ from ..transforms.lecture import (
     scale_by_diffgrad,
     scale_by_radam,
     scale_by_sophia,
+)
+from ..transforms.common import (
+    add_decayed_weights,
+    apply_decayed_update,
+    scale_by_ema,
+    scale_by_learning_rate,
+    scale_by_sign,
 )
 
 __all__ = [
@@ -433,7 +433,7 @@ class Lookahead(torch.optim.Optimizer):
     bf16/fp16 parameters unless ``state_dtype`` says otherwise), so ``hamopt.state_bytes``
     counts them. The synchronisation is the same rule as the chain transform
     :func:`hamopt.transforms.lookahead` (which Ranger uses, with per-parameter step counts):
-    both call :func:`hamopt.transforms.lecture.lookahead_sync_`.
+    both call :func:`hamopt.transforms.adaptive.lookahead_sync_`.
 
     It behaves like any ``torch.optim.Optimizer``: its ``state_dict()`` has torch's layout
     (``state`` by parameter index, each entry the base's state plus ``slow_param``, and

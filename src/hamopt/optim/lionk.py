@@ -5,7 +5,7 @@ Predicts", ICLR 2024, arXiv:2310.05898 (equation (2), Table 2, Theorem 4.1). Lio
 al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023, arXiv:2302.06675.
 
 Registry names: ``lionk`` and ``lion`` (Lion-K with the ``l1`` kernel, i.e. ``sign``).
-The kernels live in :mod:`hamopt.transforms.lionk`.
+The kernels live in :mod:`hamopt.transforms.kernels`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..core.optimizer import ChainedOptimizer, ParamsT
 from ..transforms.common import apply_decayed_update
-from ..transforms.lionk import Kernel, ScaleByLionK
+from ..transforms.kernels import Kernel, ScaleByLionK
 
 __all__ = ["Lion", "LionK"]
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.lionk import Kernel
+from ..transforms.kernels import Kernel
 from .integrate import Trajectory, integrate
 from .kernels import constraint_norm, kernel_label, theory_kernels
 from .objectives import Objective, get_objective, value_and_grad

@@ -1,6 +1,6 @@
 """Theory-side math of Lion-K's kernels: a subgradient of ``K*`` and the constraint norm.
 
-The kernels themselves (``grad``, ``K``, ``K_star``) are :mod:`hamopt.transforms.lionk`'s;
+The kernels themselves (``grad``, ``K``, ``K_star``) are :mod:`hamopt.transforms.kernels`'s;
 this module adds what only the theory needs (Lion-K paper, seed 004, Table 2 and
 Theorem 4.1; THEORY.md sections 7-9):
 
@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..transforms.lionk import HuberKernel, Kernel, L1Kernel, LpKernel, ThresholdKernel, TopKKernel, make_kernel
+from ..transforms.kernels import HuberKernel, Kernel, L1Kernel, LpKernel, ThresholdKernel, TopKKernel, make_kernel
 
 __all__ = ["KERNEL_SPECS", "constraint_norm", "conjugate_subgradient", "gauge_points", "kernel_label", "penalty_points",
            "theory_kernels"]

@@ -152,7 +152,7 @@ def _hfac(opt: torch.optim.Optimizer) -> float:
 
 
 def _lionk(opt: torch.optim.Optimizer) -> float:
-    from ..transforms.lionk import make_kernel
+    from ..transforms.kernels import make_kernel
 
     total = 0.0
     for g in opt.param_groups:

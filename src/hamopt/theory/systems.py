@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.lionk import Kernel
+from ..transforms.kernels import Kernel
 from .kernels import conjugate_subgradient, constraint_norm, kernel_label
 
 __all__ = [

@@ -82,8 +82,6 @@ __all__ = [
     "scale_by_rms",
 ]
 
-#: ``ctx.scratch`` key under which :class:`FactoredMomentum` leaves its terms for a reshaper.
-MOMENTUM_TERMS = "factored_momentum_terms"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -303,9 +301,9 @@ class FactoredMomentum(Transform):
     ``1_m b^T``, so a reshaper owns it: ``scale_by_factored_sign(momentum=factored_momentum(...))``,
     ``scale_by_factored_phi_psi(..., momentum=...)``, ``add_normalized_factored_momentum(...,
     momentum=...)`` and ``scale_by_hfac(..., momentum=...)`` call :meth:`terms` and keep its
-    state as theirs. (As a transform of its own in a chain, the composition of 0.1, it passes
-    ``updates`` through and leaves the terms in ``ctx.scratch`` for a following reshaper that
-    owns no momentum; deprecated.)
+    state as theirs. (The composition of 0.1 listed it as a transform of its own before a
+    reshaper that owns no momentum: :func:`chain` then gives it to that reshaper, with a
+    ``DeprecationWarning``; see :meth:`_OwnsMomentum.adopt`.)
 
     State: ``mom_row`` (m,) and ``mom_col`` (n,); fallback (0-d/1-d or ``factored=False``):
     ``mom_full`` ``M`` (the shape of the parameter) with the same rule on ``G`` itself, and
@@ -371,29 +369,20 @@ class FactoredMomentum(Transform):
         return terms
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        """The 0.1 composition (deprecated): the terms go to a following reshaper through
-        ``ctx.scratch``; give the reshaper this transform as its ``momentum`` instead."""
+        """On its own (no reshaper after it in the chain) the first moment is kept up to date
+        and the updates pass through unchanged: nothing uses the terms (deprecated)."""
         if not getattr(self, "_warned", False):
             self._warned = True
-            warnings.warn("factored_momentum() as a transform of its own hands its terms on through "
-                          "ctx.scratch; pass it to the reshaper instead, e.g. "
-                          "scale_by_factored_sign(momentum=factored_momentum(...))", DeprecationWarning,
-                          stacklevel=2)
-        ctx.scratch[MOMENTUM_TERMS] = self.terms(ctx)
+            warnings.warn("factored_momentum() without a factored reshaper after it changes no update; "
+                          "pass it to the reshaper, e.g. scale_by_factored_sign(momentum=factored_momentum(...))",
+                          DeprecationWarning, stacklevel=2)
+        self.terms(ctx)
         return updates
 
     def __repr__(self) -> str:
         return (f"factored_momentum(hp={self.hp!r}, index={self.index}, state_index={self.state_index}, "
                 f"corrected_decay={self.corrected_decay}, scale_by_beta={self.scale_by_beta}, "
                 f"vectors_as_rows={self.vectors_as_rows})")
-
-
-def handed_terms(ctx: StepContext) -> FactoredTerms:
-    """The terms a standalone :class:`FactoredMomentum` left earlier in this chain (deprecated)."""
-    terms = ctx.scratch.get(MOMENTUM_TERMS)
-    if terms is None or terms.grads is not ctx.grads:
-        raise RuntimeError("a factored reshaper needs its first moment: pass momentum=factored_momentum(...)")
-    return terms
 
 
 def check_layouts(ctx: StepContext, factored: Iterable[int], full: Iterable[int]) -> None:
@@ -425,9 +414,27 @@ class _OwnsMomentum(Transform):
             self.momentum.init(param, state, group)
         super().init(param, state, group)
 
+    def adopt(self, earlier: Sequence[Transform]) -> Transform | None:
+        """0.1's ``chain(factored_momentum(...), ..., reshaper())`` (the reshaper owning no
+        momentum): the nearest standalone :class:`FactoredMomentum` before it becomes its
+        ``momentum``, with a ``DeprecationWarning``. The same rule and the same state keys, so
+        results and checkpoints are unchanged."""
+        if self.momentum is not None:
+            return None
+        found = next((t for t in reversed(earlier) if isinstance(t, FactoredMomentum)), None)
+        if found is None:
+            return None
+        warnings.warn(f"chain(factored_momentum(...), ..., {type(self).__name__}) is deprecated: pass the "
+                      "momentum to the reshaper, e.g. scale_by_factored_sign(momentum=factored_momentum(...))",
+                      DeprecationWarning, stacklevel=4)
+        self._own(found)
+        return found
+
     def momentum_terms(self, ctx: StepContext) -> FactoredTerms:
-        """This step's terms of the first moment (ours, or handed on by a standalone one)."""
-        return self.momentum.terms(ctx) if self.momentum is not None else handed_terms(ctx)
+        """This step's terms of the first moment this transform owns."""
+        if self.momentum is None:
+            raise RuntimeError(f"{type(self).__name__} needs its first moment: pass momentum=factored_momentum(...)")
+        return self.momentum.terms(ctx)
 
 
 # ---------------------------------------------------------------------------- reshapers

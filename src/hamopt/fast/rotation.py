@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core.transform import FastPath, StepContext, Transform, register_fast_path
-from ..transforms.adadiag import LEFT, RIGHT, ScaleBySvdRotation, _drop_rounding_
+from ..transforms.rotation import LEFT, RIGHT, ScaleBySvdRotation, _drop_rounding_
 
 __all__ = ["BATCH_MAX_NUMEL", "ROTATION_BATCHED"]
 

@@ -69,7 +69,7 @@ Conventions fixed here (the paper leaves them open):
   optimizer steps it a matrix (or a group of small tensors) at a time, so a matrix's
   rotated gradient, moments and update stay in cache.
 * **How it runs.** :meth:`ScaleBySvdRotation.update` is the rule one tensor at a time, to
-  be read. The fast path ``hamopt.fast.adadiag.ROTATION_BATCHED`` computes the same rule
+  be read. The fast path ``hamopt.fast.rotation.ROTATION_BATCHED`` computes the same rule
   with ``foreach=True`` or on CPU pieces: same-shape matrices rotated with one ``bmm`` per
   side on stacks, the products written into buffers from the step's pool (reused by the
   next piece). The two agree to rounding (``tests/test_fast_paths.py``).
@@ -443,7 +443,7 @@ class ScaleBySvdRotation(Transform):
 
     # ------------------------------------------------------------------ the step
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        """The rule, one tensor at a time: the reference (``hamopt.fast.adadiag`` batches it)."""
+        """The rule, one tensor at a time: the reference (``hamopt.fast.rotation`` batches it)."""
         bases = self.bases(ctx, updates)  # (P, Q) per tensor after any refresh; None: not rotated
 
         def into_basis(xs: list[Tensor]) -> list[Tensor]:  # G~ = P^T G Q, the rounding floor zeroed

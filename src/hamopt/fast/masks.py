@@ -28,8 +28,8 @@ from torch import Tensor
 
 from ..core import ops
 from ..core.transform import FastPath, StepContext, Transform, register_fast_path
-from ..transforms.ams import ApplyAmsUpdate, ScaleByAms, _affine, ema_signal, misalign_, sign_swap_
 from ..transforms.common import ScaleByAdam
+from ..transforms.masks import ApplyAmsUpdate, ScaleByAms, _affine, ema_signal, misalign_, sign_swap_
 from .adam import pooled_ratio
 
 __all__ = ["AMS_FUSED", "POOLED_MASK"]

@@ -9,7 +9,7 @@ arXiv:2411.16085), Definition 5.1 (Grams) and Corollaries B.1-B.3.
 * :class:`ApplyAmsUpdate` (``apply_ams_update()``) is the whole of Algorithm 1, moments to
   weight decay, in one readable ``update``: it is the chain of ``AMS``, ``Grams`` and
   ``CAdamW``. Its fused version (the same rule with multi-tensor kernels and merged
-  multiplies) is :mod:`hamopt.fast.ams`, picked automatically.
+  multiplies) is :mod:`hamopt.fast.masks`, picked automatically.
 * :class:`ScaleByAms` (``scale_by_ams()``, ``scale_by_cautious()``, ``scale_by_grams()``) is
   the mask alone on *any* base update, reading the raw gradient from ``ctx.grads``:
   ``chain(<any direction>, scale_by_cautious(), apply_decayed_update())`` is the cautious
@@ -203,7 +203,7 @@ class ApplyAmsUpdate(Transform):
     does for AdamW. State ``exp_avg``, ``exp_avg_sq`` (and ``sign_avg`` when ``b3 > 0``).
     Reads ``lr``, ``betas``, ``eps``, ``weight_decay``, ``misaligned_scale``.
 
-    ``update`` is the reference, one tensor at a time. :mod:`hamopt.fast.ams` computes the
+    ``update`` is the reference, one tensor at a time. :mod:`hamopt.fast.masks` computes the
     same rule on lists of tensors with multi-tensor kernels, Adam's bias-correction scalar and
     the mask's factor merged into one multiply with the weight decay, and the mask's
     temporaries in the step's pooled buffers on CPU pieces; it is picked automatically
@@ -289,14 +289,14 @@ class ScaleByAdamMoments(ScaleByAdam):
     Args:
         defer_scale: deprecated and ignored (the scale is always applied here): it left the
             bias-correction scalar to a later transform through a side channel, a merge that
-            :mod:`hamopt.fast.ams` now does inside AMS's own fast path.
+            :mod:`hamopt.fast.masks` now does inside AMS's own fast path.
     """
 
     def __init__(self, defer_scale: bool = False) -> None:
         super().__init__(amsgrad=False)
         if defer_scale:
             warnings.warn("ScaleByAdamMoments(defer_scale=True) is deprecated and ignored: the scale is applied "
-                          "here; AMS's merged multiply lives in hamopt.fast.ams", DeprecationWarning, stacklevel=2)
+                          "here; AMS's merged multiply lives in hamopt.fast.masks", DeprecationWarning, stacklevel=2)
         self.defer_scale = False
 
     def validate(self, group: Mapping[str, Any]) -> None:
@@ -330,14 +330,14 @@ class ScaleByAms(Transform):
         key: state key of the ``s`` buffer.
         apply_factor: deprecated and ignored (the factor is always applied here).
 
-    :mod:`hamopt.fast.ams` puts the product ``u*s`` into the step's pooled buffers on CPU pieces.
+    :mod:`hamopt.fast.masks` puts the product ``u*s`` into the step's pooled buffers on CPU pieces.
     """
 
     def __init__(self, misaligned_scale: float | None = None, sign_decay_index: int | None = 2,
                  key: str = "sign_avg", apply_factor: bool = True) -> None:
         if not apply_factor:
             warnings.warn("ScaleByAms(apply_factor=False) is deprecated and ignored: the factor is applied here "
-                          "(AMS's merged multiply lives in hamopt.fast.ams)", DeprecationWarning, stacklevel=2)
+                          "(AMS's merged multiply lives in hamopt.fast.masks)", DeprecationWarning, stacklevel=2)
         self.fixed_scale = misaligned_scale
         self.apply_factor = True
         self.index = sign_decay_index
