@@ -102,14 +102,7 @@ def _ams_update(t: Transform, ctx: StepContext, grads: list[Tensor]) -> list[Ten
 
 def _mask_update(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
     assert isinstance(t, ScaleByAms)
-    lam, f = t.lam(ctx.group), ctx.foreach
-    s = t.signal(ctx)
-    if lam == 1.0:
-        return updates
-    out = ctx.writable(updates)
-    if lam == -1.0 and t.b3(ctx.group) == 0.0:
-        return sign_swap_(out, s, f)
-    return ops.mul_(out, misalign_(out, _products(ctx, out, s), lam, f), f)
+    return t.masked(ctx, updates, lambda u, s: _products(ctx, u, s))
 
 
 AMS_FUSED = register_fast_path(FastPath(ApplyAmsUpdate, "ams_fused", _always, _ams_update))

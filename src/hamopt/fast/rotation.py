@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core.transform import FastPath, StepContext, Transform, register_fast_path
-from ..transforms.rotation import LEFT, RIGHT, ScaleBySvdRotation, _drop_rounding_
+from ..transforms.rotation import LEFT, RIGHT, ScaleBySvdRotation, rounding_mask
 
 __all__ = ["BATCH_MAX_NUMEL", "ROTATION_BATCHED"]
 
@@ -48,6 +48,13 @@ def _rotate_into(g: Tensor, left: Tensor | None, right: Tensor | None, take: Cal
     if right is not None:
         g = mm(g, right, out=take(g))
     return g
+
+
+def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None,
+                    take: Callable[[Tensor], Tensor]) -> Tensor:
+    """:func:`hamopt.transforms.rotation._drop_rounding_` with its two temporaries (``|x|`` and
+    the mask) from ``take``; the same result."""
+    return x if x.numel() == 0 else x.masked_fill_(rounding_mask(x, left, right, take), 0.0)
 
 
 def _rotate_back_into(u: Tensor, left: Tensor | None, right: Tensor | None,

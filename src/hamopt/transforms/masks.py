@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -379,6 +379,12 @@ class ScaleByAms(Transform):
         return ema_signal(ctx, self.key, self.b3(ctx.group), ctx.grads)
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
+        return self.masked(ctx, updates, lambda u, s: ops.mul(u, s, ctx.foreach))
+
+    def masked(self, ctx: StepContext, updates: list[Tensor],
+               product: Callable[[list[Tensor], list[Tensor]], list[Tensor]]) -> list[Tensor]:
+        """The rule, with the products ``u * s`` from ``product`` (new tensors; the fast path
+        :data:`hamopt.fast.masks.POOLED_MASK` puts them into the step's pooled buffers)."""
         lam, f = self.lam(ctx.group), ctx.foreach
         s = self.signal(ctx)
         if lam == 1.0:
@@ -386,7 +392,7 @@ class ScaleByAms(Transform):
         out = ctx.writable(updates)
         if lam == -1.0 and self.b3(ctx.group) == 0.0:  # Grams: factor d / d = 1
             return sign_swap_(out, s, f)
-        return ops.mul_(out, misalign_(out, ops.mul(out, s, f), lam, f), f)
+        return ops.mul_(out, misalign_(out, product(out, s), lam, f), f)
 
     def __repr__(self) -> str:
         return f"scale_by_ams(misaligned_scale={self.fixed_scale}, sign_decay_index={self.index})"
@@ -407,6 +413,21 @@ class _AmsWeightDecay(Transform):
     def validate(self, group: Mapping[str, Any]) -> None:
         V.check_weight_decay(group["weight_decay"])
 
+    @staticmethod
+    def combine(ctx: StepContext, updates: list[Tensor], coef: Any, sign: float) -> list[Tensor]:
+        """``(1 - lr wd) u + sign coef w``: the update kept, plus a multiple of the weights."""
+        wd = ctx.group["weight_decay"]
+        if not isinstance(wd, Tensor) and wd == 0:
+            return updates
+        out = ctx.writable(updates)
+        f = ctx.foreach
+        ops.mul_(out, 1.0 - ctx.group["lr"] * wd, f)
+        if isinstance(coef, Tensor):
+            ops.addcmul_(out, ctx.params, [coef] * len(out), sign, f)
+        else:
+            ops.add_(out, ctx.params, f, alpha=sign * coef)
+        return out
+
 
 class AddDecayedWeightsAfterStep(_AmsWeightDecay):
     """Deprecated: decay the *stepped* weights, ``w'' = w' - lr wd w'`` with ``w' = w + delta``.
@@ -418,18 +439,7 @@ class AddDecayedWeightsAfterStep(_AmsWeightDecay):
     """
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        wd = ctx.group["weight_decay"]
-        if not isinstance(wd, Tensor) and wd == 0:
-            return updates
-        out = ctx.writable(updates)
-        f = ctx.foreach
-        c = ctx.group["lr"] * wd
-        ops.mul_(out, 1.0 - c, f)  # delta (1 - c) - c w
-        if isinstance(c, Tensor):
-            ops.addcmul_(out, ctx.params, [c] * len(out), -1.0, f)
-        else:
-            ops.add_(out, ctx.params, f, alpha=-c)
-        return out
+        return self.combine(ctx, updates, ctx.group["lr"] * ctx.group["weight_decay"], -1.0)  # delta (1 - c) - c w
 
     def __repr__(self) -> str:
         return "add_decayed_weights_after_step()"
@@ -442,17 +452,7 @@ class AmsDecayBeforeLr(_AmsWeightDecay):
     """
 
     def update(self, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]:
-        wd = ctx.group["weight_decay"]
-        if not isinstance(wd, Tensor) and wd == 0:
-            return updates
-        out = ctx.writable(updates)
-        f = ctx.foreach
-        ops.mul_(out, 1.0 - ctx.group["lr"] * wd, f)
-        if isinstance(wd, Tensor):
-            ops.addcmul_(out, ctx.params, [wd] * len(out), 1.0, f)
-        else:
-            ops.add_(out, ctx.params, f, alpha=wd)
-        return out
+        return self.combine(ctx, updates, ctx.group["weight_decay"], 1.0)  # (1 - lr wd) u + wd w
 
     def __repr__(self) -> str:
         return "ams_decay_before_lr()"

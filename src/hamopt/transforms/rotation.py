@@ -159,12 +159,10 @@ def _rotate(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
 ROUNDING_FLOOR = 8.0
 
 
-def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None,
-                    take: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
     """Set the entries of a rotated gradient ``x = L^T G R`` that lie below the rounding floor
-    of the rotation to exactly zero, in place (``x`` a matrix or a stack of matrices).
-    ``take`` (a workspace's, for fast paths) gives the two temporaries, ``|x|`` and the mask;
-    the result is the same either way.
+    of the rotation to exactly zero, in place (``x`` a matrix or a stack of matrices): the
+    entries of :func:`rounding_mask`.
 
     An orthogonal rotation computed in precision ``u`` (``finfo(x.dtype).eps``) makes an error
     of about ``u`` times the norm of what each output entry combines: the column of ``G``
@@ -181,8 +179,14 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None,
     (Adam's ``eps`` 1e-8, Adafactor's 1e-30) would normalise to a step of full size in an
     arbitrary direction. A real component that small cannot be told from rounding anyway.
     """
-    if x.numel() == 0:
-        return x
+    return x if x.numel() == 0 else x.masked_fill_(rounding_mask(x, left, right), 0.0)
+
+
+def rounding_mask(x: Tensor, left: Tensor | None, right: Tensor | None,
+                  take: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Where the rotated gradient ``x`` (not empty) lies below the rounding floor of its
+    rotation (:func:`_drop_rounding_`), as a boolean tensor. ``take`` (a workspace's, for
+    fast paths) gives the two temporaries, ``|x|`` and the mask; the result is the same."""
     cu = ROUNDING_FLOOR * torch.finfo(x.dtype).eps
     # Norms of x / max|x| (per matrix), so squares neither overflow (|x| > 1e19 in float32) nor
     # underflow; a reduction along the last dim or a plain sum over dim -2, both fast (the
@@ -203,8 +207,8 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None,
     floor = (tau * cu).square()  # |x| <= c u (norms), in scaled squares
     if pooled:
         like = torch.zeros((), dtype=torch.bool, device=x.device).expand(x.shape)
-        return x.masked_fill_(torch.le(y, floor, out=take(like)), 0.0)  # type: ignore[misc]
-    return x.masked_fill_(y <= floor, 0.0)
+        return torch.le(y, floor, out=take(like))  # type: ignore[misc]
+    return y <= floor
 
 
 def rotate_in(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
