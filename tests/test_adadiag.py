@@ -792,6 +792,47 @@ def test_rounding_floor_neither_overflows_nor_underflows(scale):
     assert _drop_rounding_(tiny, torch.eye(6), torch.eye(9))[0, 0] == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["random", "rank2", "zeros", "inf", "nan", "tiny", "stack"])
+def test_the_fast_rounding_floor_equals_the_reference_bit_for_bit(dtype, case):
+    """fast.rotation's floor (its temporaries from the step's pool) against the reference's:
+    the same bits, signed zeros, infs and NaNs included, one- and two-sided, single matrices
+    and stacks."""
+    from hamopt.core.engine.pieces import StepPool
+    from hamopt.fast.rotation import _drop_rounding_ as fast
+    from hamopt.transforms.rotation import _drop_rounding_ as reference
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 24, 40, generator=g, dtype=torch.float64)
+    if case == "rank2":  # rotated into its singular basis: rows 2.. are rounding (a null space)
+        a = (torch.randn(4, 24, 2, generator=g, dtype=torch.float64)
+             @ torch.randn(4, 2, 40, generator=g, dtype=torch.float64)).to(dtype)
+        x = torch.linalg.svd(a)[0].mT @ a
+    x = x.to(dtype)
+    if case == "zeros":
+        x[1] = 0.0
+        x[2, :, 3] = -0.0
+    if case == "inf":
+        x[0, 3, 5], x[2, 0, 0] = float("inf"), float("-inf")
+    if case == "nan":
+        x[1, 2, 7] = float("nan")
+    if case == "tiny":
+        x[:, 0, :] *= 1e-9
+        x[3] *= -1e-30
+    stacks = [x] if case == "stack" else [x[k] for k in range(4)]
+    eye_l, eye_r = torch.eye(24, dtype=dtype), torch.eye(40, dtype=dtype)
+    pool = StepPool({})
+    for t in stacks:
+        for left, right in ((eye_l, None), (None, eye_r), (eye_l, eye_r)):
+            a = reference(t.clone(), left, right)
+            b = fast(t.clone(), left, right, pool.take)
+            pool.give_back()
+            bits = torch.int32 if dtype == torch.float32 else torch.int64
+            assert torch.equal(a.view(bits), b.view(bits)), (case, left is None, right is None)
+    if case == "rank2":
+        assert int((reference(x[0].clone(), eye_l, None) == 0).sum()) > 0  # the floor did zero entries
+
+
 def test_a_transform_that_applies_the_update_cannot_sit_inside_the_rotation() -> None:
     from hamopt.transforms import apply_decayed_update, chain, scale_by_adam, scale_by_svd_rotation
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core.transform import FastPath, StepContext, Transform, register_fast_path
-from ..transforms.rotation import LEFT, RIGHT, ScaleBySvdRotation, rounding_mask
+from ..transforms.rotation import LEFT, RIGHT, ScaleBySvdRotation, rounding_floor
 
 __all__ = ["BATCH_MAX_NUMEL", "ROTATION_BATCHED"]
 
@@ -52,9 +52,13 @@ def _rotate_into(g: Tensor, left: Tensor | None, right: Tensor | None, take: Cal
 
 def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None,
                     take: Callable[[Tensor], Tensor]) -> Tensor:
-    """:func:`hamopt.transforms.rotation._drop_rounding_` with its two temporaries (``|x|`` and
+    """:func:`hamopt.transforms.rotation._drop_rounding_` with its two temporaries (``y`` and
     the mask) from ``take``; the same result."""
-    return x if x.numel() == 0 else x.masked_fill_(rounding_mask(x, left, right, take), 0.0)
+    if x.numel() == 0:
+        return x
+    y, floor = rounding_floor(x, left, right, take)
+    like = torch.zeros((), dtype=torch.bool, device=x.device).expand(x.shape)
+    return x.masked_fill_(torch.le(y, floor, out=take(like)), 0.0)  # type: ignore[misc]
 
 
 def _rotate_back_into(u: Tensor, left: Tensor | None, right: Tensor | None,

@@ -51,7 +51,6 @@ __all__ = [
     "centralize",
     "hutchinson_probe",
     "lookahead",
-    "lookahead_sync_",
     "row_mean",
     "scale_by_adamod",
     "scale_by_diffgrad",

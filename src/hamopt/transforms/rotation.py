@@ -182,11 +182,20 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Ten
     return x if x.numel() == 0 else x.masked_fill_(rounding_mask(x, left, right), 0.0)
 
 
-def rounding_mask(x: Tensor, left: Tensor | None, right: Tensor | None,
-                  take: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def rounding_mask(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
     """Where the rotated gradient ``x`` (not empty) lies below the rounding floor of its
-    rotation (:func:`_drop_rounding_`), as a boolean tensor. ``take`` (a workspace's, for
-    fast paths) gives the two temporaries, ``|x|`` and the mask; the result is the same."""
+    rotation (:func:`_drop_rounding_`), as a boolean tensor: ``y <= floor`` of
+    :func:`rounding_floor`."""
+    y, floor = rounding_floor(x, left, right)
+    return y <= floor
+
+
+def rounding_floor(x: Tensor, left: Tensor | None, right: Tensor | None,
+                   take: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """``(y, floor)`` for a rotated gradient ``x`` (not empty): the scaled squares
+    ``y = (x / max|x|)^2`` and the floor they are compared with (shaped to broadcast), both
+    finite exactly when ``x`` is. An entry is rounding where ``y <= floor``. ``take`` (a
+    workspace's, for fast paths) gives the temporary ``y``; the result is the same."""
     cu = ROUNDING_FLOOR * torch.finfo(x.dtype).eps
     # Norms of x / max|x| (per matrix), so squares neither overflow (|x| > 1e19 in float32) nor
     # underflow; a reduction along the last dim or a plain sum over dim -2, both fast (the
@@ -204,11 +213,7 @@ def rounding_mask(x: Tensor, left: Tensor | None, right: Tensor | None,
         tau = y.sum(dim=-2, keepdim=True).sqrt()
     else:
         tau = y.sum(dim=-1, keepdim=True).sqrt()
-    floor = (tau * cu).square()  # |x| <= c u (norms), in scaled squares
-    if pooled:
-        like = torch.zeros((), dtype=torch.bool, device=x.device).expand(x.shape)
-        return torch.le(y, floor, out=take(like))  # type: ignore[misc]
-    return y <= floor
+    return y, (tau * cu).square()  # |x| <= c u (norms), in scaled squares
 
 
 def rotate_in(g: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
