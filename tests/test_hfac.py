@@ -547,7 +547,7 @@ def test_scale_by_hfac_equals_the_composed_transforms(foreach: bool, clip: float
 @pytest.mark.parametrize("fused", [True, False])
 def test_the_old_composition_with_a_standalone_factored_momentum_still_works(fused: bool) -> None:
     # 0.1's chain(factored_momentum(), scale_by_hfac()) (the terms handed on through
-    # ctx.scratch): deprecated, and the same rule as the momentum owned by the reshaper.
+    # a side channel once; now chain() gives it to the reshaper): deprecated, and the same rule.
     xs, grads = _batch_data(12)
     with pytest.warns(DeprecationWarning, match="factored_momentum"):
         a = _run_skips(lambda ps: _hfac_chain(ps, True, fused, legacy=True), xs, grads)

@@ -1,12 +1,12 @@
-"""The few places where a transform meets a sharded (FSDP2 ``DTensor``) parameter.
+"""The few places where the engine meets a sharded (FSDP2 ``DTensor``) parameter.
 
 Under ``torch.distributed.fsdp.fully_shard`` parameters, gradients and optimizer state are
 ``DTensor`` shards (usually ``Shard(0)``: a block of rows per rank). Element-wise arithmetic
 on them needs nothing from us: DTensor runs it on the local shards. What does need care is
 any statistic of the *whole* matrix, such as an SVD basis: it must be computed from the full
 matrix, the same on every rank, so a sharded run equals a single-process one (SPEC section
-4). These helpers are the whole vocabulary for that; each is the identity on plain tensors,
-so a transform calls them unconditionally.
+4). These helpers are the engine's whole vocabulary for that (:mod:`hamopt.core.engine`;
+no transform imports them); each is the identity on plain tensors.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ except ImportError:  # pragma: no cover - builds without distributed support
     DTensor = None  # type: ignore[assignment,misc]
     Replicate = None  # type: ignore[assignment,misc]
 
-__all__ = ["all_agree", "full", "is_sharded", "keep_rows", "like", "local", "replicated", "same_on_all_ranks",
-           "shard_like"]
+__all__ = ["all_agree", "full", "is_sharded", "keep_rows", "like", "local", "replicated", "shard_like"]
 
 
 def is_sharded(x: Any) -> bool:
@@ -86,16 +85,6 @@ def all_agree(ok: bool, ref: Tensor) -> bool:
     for group in _groups(ref):  # each mesh dimension in turn: the minimum over the whole mesh
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
     return bool(flag.item() == 1.0)
-
-
-def same_on_all_ranks(x: Tensor, ref: Tensor) -> Tensor:
-    """``x`` as the mesh's first rank computed it (a broadcast), so every rank holds the very
-    same bits even where a decomposition could round differently on different hardware."""
-    if not is_sharded(ref):
-        return x
-    for group in _groups(ref):  # each mesh dimension in turn: the copy of mesh rank 0 everywhere
-        dist.broadcast(x, src=dist.get_global_rank(group, 0), group=group)
-    return x
 
 
 def _groups(ref: Tensor) -> list[Any]:
