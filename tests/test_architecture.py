@@ -130,7 +130,7 @@ def test_the_graph_is_read() -> None:
         "hamopt.core.engine" in GRAPH["hamopt.core.optimizer"]
     assert "hamopt.transforms.common" in GRAPH["hamopt.optim.classic"] or \
         "hamopt.transforms.common" in GRAPH["hamopt.optim.lecture"]
-    assert "hamopt.core.sharding" in GRAPH["hamopt.core.engine.gathered"]
+    assert "hamopt.core.engine.sharding" in GRAPH["hamopt.core.engine.gathered"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -147,14 +147,14 @@ def test_nothing_lower_imports_anything_higher() -> None:
 def test_rules_never_meet_shards_or_the_engine(package: str) -> None:
     # How a step runs (CPU pieces, FSDP2 shards) is the engine's; a rule declares what it needs.
     bad = [f"{m} -> {t}" for m, ts in GRAPH.items() if m == package or m.startswith(package + ".")
-           for t in ts if t == "hamopt.core.sharding" or t.startswith("hamopt.core.engine")]
+           for t in ts if t == "hamopt.core.engine.sharding" or t.startswith("hamopt.core.engine")]
     assert bad == []
 
 
 @pytest.mark.parametrize("module", ["hamopt.core.transform", "hamopt.core.ops", "hamopt.core.validation",
                                     "hamopt.core.reductions", "hamopt.core.optimizer"])
 def test_the_contract_and_the_shell_never_meet_shards(module: str) -> None:
-    assert "hamopt.core.sharding" not in GRAPH[module]
+    assert "hamopt.core.engine.sharding" not in GRAPH[module]
     if module != "hamopt.core.optimizer":  # the shell runs the engine; the contract never does
         assert not any(t.startswith(("hamopt.core.engine", "hamopt.core.optimizer")) for t in GRAPH[module])
 

@@ -525,7 +525,8 @@ def test_the_transform_modules_old_names_still_import() -> None:
 
     for old, new in [("transforms.adadiag", "transforms.rotation"), ("transforms.ams", "transforms.masks"),
                      ("transforms.lecture", "transforms.adaptive"), ("transforms.lionk", "transforms.kernels"),
-                     ("fast.adadiag", "fast.rotation"), ("fast.ams", "fast.masks")]:
+                     ("fast.adadiag", "fast.rotation"), ("fast.ams", "fast.masks"),
+                     ("core.sharding", "core.engine.sharding")]:
         assert importlib.import_module(f"hamopt.{old}") is importlib.import_module(f"hamopt.{new}")
     from hamopt.transforms.adadiag import ScaleBySvdRotation
     from hamopt.transforms.lecture import scale_by_sophia  # noqa: F401

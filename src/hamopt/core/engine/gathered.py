@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import Tensor
 
-from .. import sharding
 from ..transform import BUCKET, StepContext, Transform
+from . import sharding
 
 __all__ = ["run_gathered"]
 

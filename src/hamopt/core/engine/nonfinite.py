@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import sharding
+from . import sharding
 
 __all__ = ["find_nonfinite"]
 

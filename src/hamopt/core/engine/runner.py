@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import ops, rounding, sharding
+from .. import ops, rounding
 from ..transform import StepContext, Transform
+from . import sharding
 from .counters import advance_steps
 from .gathered import run_gathered
 from .pieces import plan_pieces, run_pieces
