@@ -195,6 +195,17 @@ class FastPath:
     update: Callable[[Transform, StepContext, list[Tensor]], list[Tensor]]
 
 
+def always(t: Transform, ctx: StepContext) -> bool:
+    """A :attr:`FastPath.applies` for a fast path that may run wherever its reference runs."""
+    return True
+
+
+def pooled(t: Transform, ctx: StepContext) -> bool:
+    """A :attr:`FastPath.applies` for a fast path that runs on CPU pieces only (the step's
+    workspace pools buffers there)."""
+    return ctx.workspace.pooled
+
+
 _FAST: dict[type, list[FastPath]] = {}
 _FAST_ON = [True]
 
@@ -329,11 +340,13 @@ class Chain(Transform):
                 flat.append(t)
             else:
                 raise TypeError(f"chain() takes Transform objects, got {type(t).__name__}: {t!r}")
-        for t in list(flat):
-            taken = t.adopt(tuple(flat[: next(k for k, u in enumerate(flat) if u is t)]))
+        kept: list[Transform] = []
+        for t in flat:  # each member may take over one before it (Transform.adopt)
+            taken = t.adopt(tuple(kept))
             if taken is not None:
-                flat = [u for u in flat if u is not taken]
-        self.transforms: tuple[Transform, ...] = tuple(flat)
+                kept = [u for u in kept if u is not taken]
+            kept.append(t)
+        self.transforms: tuple[Transform, ...] = tuple(kept)
         seen: dict[str, Transform] = {}
         for t in _walk(self.transforms):
             if isinstance(t, Chain):  # a nested chain's keys are its members' keys
