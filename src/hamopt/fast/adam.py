@@ -16,14 +16,10 @@ import torch
 from torch import Tensor
 
 from ..core import ops
-from ..core.transform import FastPath, StepContext, Transform, register_fast_path
+from ..core.transform import FastPath, StepContext, Transform, pooled, register_fast_path
 from ..transforms.common import ScaleByAdam
 
 __all__ = ["POOLED_ADAM", "pooled_ratio"]
-
-
-def _pooled(t: Transform, ctx: StepContext) -> bool:
-    return ctx.workspace.pooled
 
 
 def pooled_ratio(ctx: StepContext, m: list[Tensor], v: list[Tensor], sbc2: list[Any]) -> list[Tensor]:
@@ -42,4 +38,4 @@ def _update(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tenso
     return ctx.fresh(ops.mul_(out, t.final_scale(ctx, sbc2), ctx.foreach))
 
 
-POOLED_ADAM = register_fast_path(FastPath(ScaleByAdam, "adam_pooled", _pooled, _update))
+POOLED_ADAM = register_fast_path(FastPath(ScaleByAdam, "adam_pooled", pooled, _update))

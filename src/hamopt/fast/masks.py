@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..core import ops
-from ..core.transform import FastPath, StepContext, Transform, register_fast_path
+from ..core.transform import FastPath, StepContext, Transform, always, pooled, register_fast_path
 from ..transforms.common import ScaleByAdam
 from ..transforms.masks import ApplyAmsUpdate, ScaleByAms, _affine, ema_signal, misalign_, sign_swap_
 from .adam import pooled_ratio
@@ -35,14 +35,6 @@ from .adam import pooled_ratio
 __all__ = ["AMS_FUSED", "POOLED_MASK"]
 
 _ADAM = ScaleByAdam()  # its moments and final scale, shared with the Adam reference
-
-
-def _always(t: Transform, ctx: StepContext) -> bool:
-    return True
-
-
-def _pooled(t: Transform, ctx: StepContext) -> bool:
-    return ctx.workspace.pooled
 
 
 def _products(ctx: StepContext, us: list[Tensor], ss: list[Tensor]) -> list[Tensor]:
@@ -105,5 +97,5 @@ def _mask_update(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[
     return t.masked(ctx, updates, lambda u, s: _products(ctx, u, s))
 
 
-AMS_FUSED = register_fast_path(FastPath(ApplyAmsUpdate, "ams_fused", _always, _ams_update))
-POOLED_MASK = register_fast_path(FastPath(ScaleByAms, "ams_mask_pooled", _pooled, _mask_update))
+AMS_FUSED = register_fast_path(FastPath(ApplyAmsUpdate, "ams_fused", always, _ams_update))
+POOLED_MASK = register_fast_path(FastPath(ScaleByAms, "ams_mask_pooled", pooled, _mask_update))
