@@ -54,7 +54,7 @@ from ..core.reductions import (
     scaled_row_sums_of_squares,
     vector_sums,
 )
-from ..core.transform import FastPath, StepContext, Transform, register_fast_path
+from ..core.transform import FastPath, StepContext, Transform, always, register_fast_path
 from ..transforms.common import rms_clip_
 from ..transforms.factored import (
     AddNormalizedFactoredMomentum,
@@ -189,10 +189,6 @@ def _split(ctx: StepContext, key: str) -> tuple[list[int], list[int]]:
     fac = [i for i, s in enumerate(ctx.states) if key in s]
     full = [i for i, s in enumerate(ctx.states) if key not in s]
     return fac, full
-
-
-def _always(t: Transform, ctx: StepContext) -> bool:
-    return True
 
 
 # ---------------------------------------------------------------------------- second moment
@@ -354,9 +350,7 @@ def _batched_momentum(t: FactoredMomentum, ctx: StepContext, stacks: Stacks) -> 
 
 def _momentum(t: Transform, ctx: StepContext, stacks: Stacks) -> Terms:
     """The terms of the first moment that ``t`` owns."""
-    if t.momentum is None:  # type: ignore[attr-defined]
-        t.momentum_terms(ctx)  # type: ignore[attr-defined]  # raises, naming the transform
-    return _batched_momentum(t.momentum, ctx, stacks)  # type: ignore[attr-defined]
+    return _batched_momentum(t.owned(), ctx, stacks)  # type: ignore[attr-defined]
 
 
 def _check_layouts(ctx: StepContext, terms: Terms) -> None:
@@ -512,10 +506,10 @@ def _hfac(t: Transform, ctx: StepContext, updates: list[Tensor]) -> list[Tensor]
     return ctx.fresh(out)
 
 
-FACTORED_RMS = register_fast_path(FastPath(ScaleByFactoredRms, "factored_rms_batched", _always, _factored_rms))
+FACTORED_RMS = register_fast_path(FastPath(ScaleByFactoredRms, "factored_rms_batched", always, _factored_rms))
 CLIPPED_FACTORED_RMS = register_fast_path(
-    FastPath(ScaleByClippedFactoredRms, "clipped_factored_rms_fused", _always, _clipped_factored_rms))
-FACTORED_PHI_PSI = register_fast_path(FastPath(ScaleByFactoredPhiPsi, "factored_phi_psi_blocked", _always, _phi_psi))
+    FastPath(ScaleByClippedFactoredRms, "clipped_factored_rms_fused", always, _clipped_factored_rms))
+FACTORED_PHI_PSI = register_fast_path(FastPath(ScaleByFactoredPhiPsi, "factored_phi_psi_blocked", always, _phi_psi))
 NORMALIZED_MOMENTUM = register_fast_path(
-    FastPath(AddNormalizedFactoredMomentum, "normalized_momentum_batched", _always, _normalized_momentum))
-HFAC = register_fast_path(FastPath(ScaleByHFac, "hfac_closed_form", _always, _hfac))
+    FastPath(AddNormalizedFactoredMomentum, "normalized_momentum_batched", always, _normalized_momentum))
+HFAC = register_fast_path(FastPath(ScaleByHFac, "hfac_closed_form", always, _hfac))

@@ -9,8 +9,8 @@ with more than two dims are viewed as ``dim0 x prod(rest)`` by
   column sums ``s`` of ``G^2 + eps``, reconstruction ``V = r s^T / 1^T r``), returning
   ``updates / sqrt(V)``; :func:`scale_by_clipped_factored_rms` adds the update clipping;
 * :func:`factored_momentum`: the factored first moment (row means ``u`` and column means
-  ``v`` of ``G``) with the paper's "corrected terms" ``u - G 1_n / n``; it records the terms
-  for a reshaper later in the same chain;
+  ``v`` of ``G``) with the paper's "corrected terms" ``u - G 1_n / n``, owned by the
+  reshaper that uses its terms (``momentum=``);
 * the reshapers: :func:`scale_by_factored_phi_psi` (``grad phi(a 1^T + G) + grad psi(1 b^T + G)``,
   :func:`scale_by_factored_sign` for ``phi = psi = ||.||_1``, Algorithms 2 and 4) and
   :func:`add_normalized_factored_momentum` (H-Fac's ``0.5 (phi + psi)``, Algorithm 3);
@@ -276,7 +276,6 @@ class ScaleByRms(Transform):
 class FactoredTerms:
     """This step's terms of a :class:`FactoredMomentum` (:meth:`FactoredMomentum.terms`)."""
 
-    grads: list[Tensor]  # the step's gradients the terms were made from
     rows: dict[int, Tensor]  # a (length m) of each factored parameter, by its index in the bucket
     cols: dict[int, Tensor]  # b (length n)
     full: dict[int, Tensor]  # M~ of each unfactored parameter
@@ -356,7 +355,7 @@ class FactoredMomentum(Transform):
         b = _beta(ctx.group, self.hp, self.index)
         b2 = None if self.state_index is None else _beta(ctx.group, self.hp, self.state_index)
         corrected = bool(ctx.group.get("corrected", True))
-        terms = FactoredTerms(ctx.grads, {}, {}, {})
+        terms = FactoredTerms({}, {}, {})
         for i, (g, state, t) in enumerate(zip(ctx.grads, ctx.states, ctx.steps)):
             d = corrected_decay(b, t) if self.corrected_decay else b
             if "mom_full" in state:
@@ -430,11 +429,15 @@ class _OwnsMomentum(Transform):
         self._own(found)
         return found
 
-    def momentum_terms(self, ctx: StepContext) -> FactoredTerms:
-        """This step's terms of the first moment this transform owns."""
+    def owned(self) -> FactoredMomentum:
+        """The first moment this transform owns (a ``RuntimeError`` naming the fix if none)."""
         if self.momentum is None:
             raise RuntimeError(f"{type(self).__name__} needs its first moment: pass momentum=factored_momentum(...)")
-        return self.momentum.terms(ctx)
+        return self.momentum
+
+    def momentum_terms(self, ctx: StepContext) -> FactoredTerms:
+        """This step's terms of the first moment this transform owns."""
+        return self.owned().terms(ctx)
 
 
 # ---------------------------------------------------------------------------- reshapers
