@@ -162,7 +162,7 @@ ROUNDING_FLOOR = 8.0
 def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
     """Set the entries of a rotated gradient ``x = L^T G R`` that lie below the rounding floor
     of the rotation to exactly zero, in place (``x`` a matrix or a stack of matrices): the
-    entries of :func:`rounding_mask`.
+    entries where ``y <= floor`` of :func:`rounding_floor`.
 
     An orthogonal rotation computed in precision ``u`` (``finfo(x.dtype).eps``) makes an error
     of about ``u`` times the norm of what each output entry combines: the column of ``G``
@@ -179,22 +179,17 @@ def _drop_rounding_(x: Tensor, left: Tensor | None, right: Tensor | None) -> Ten
     (Adam's ``eps`` 1e-8, Adafactor's 1e-30) would normalise to a step of full size in an
     arbitrary direction. A real component that small cannot be told from rounding anyway.
     """
-    return x if x.numel() == 0 else x.masked_fill_(rounding_mask(x, left, right), 0.0)
-
-
-def rounding_mask(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
-    """Where the rotated gradient ``x`` (not empty) lies below the rounding floor of its
-    rotation (:func:`_drop_rounding_`), as a boolean tensor: ``y <= floor`` of
-    :func:`rounding_floor`."""
+    if x.numel() == 0:
+        return x
     y, floor = rounding_floor(x, left, right)
-    return y <= floor
+    return x.masked_fill_(y <= floor, 0.0)
 
 
 def rounding_floor(x: Tensor, left: Tensor | None, right: Tensor | None,
                    take: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """``(y, floor)`` for a rotated gradient ``x`` (not empty): the scaled squares
-    ``y = (x / max|x|)^2`` and the floor they are compared with (shaped to broadcast), both
-    finite exactly when ``x`` is. An entry is rounding where ``y <= floor``. ``take`` (a
+    ``y = (x / max|x|)^2`` and the floor they are compared with (shaped to broadcast); an
+    entry is rounding where ``y <= floor`` (:func:`_drop_rounding_`). ``take`` (a
     workspace's, for fast paths) gives the temporary ``y``; the result is the same."""
     cu = ROUNDING_FLOOR * torch.finfo(x.dtype).eps
     # Norms of x / max|x| (per matrix), so squares neither overflow (|x| > 1e19 in float32) nor
